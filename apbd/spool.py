@@ -126,6 +126,16 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @dataclass
 class Claim:
     """The right to change one job: an open file descriptor holding the job's flock."""
@@ -180,6 +190,21 @@ class Spool:
         path = self.staging / f"{build_id}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
         path.mkdir(mode=0o755)
         return path
+
+    def remove_stale_staging(self) -> list[str]:
+        """Remove folders under tmp/ whose writing process is gone; return their names.
+
+        A staging folder is named BUILD_ID.PID.RANDOM, so a folder whose PID no
+        longer runs is what a crashed publisher left behind.
+        """
+        removed = []
+        for entry in self.staging.iterdir():
+            parts = entry.name.split(".")
+            if len(parts) >= 3 and parts[1].isdigit() and _pid_alive(int(parts[1])):
+                continue
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+            removed.append(entry.name)
+        return removed
 
     def publish(self, staging: Path, request: dict, status: dict) -> bool:
         """Write request.json, the first status.json and the markers, then publish.
