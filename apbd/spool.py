@@ -202,7 +202,10 @@ class Spool:
             parts = entry.name.split(".")
             if len(parts) >= 3 and parts[1].isdigit() and _pid_alive(int(parts[1])):
                 continue
-            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
             removed.append(entry.name)
         return removed
 
