@@ -63,6 +63,11 @@ WEB_OPTIONS = [
            "maximum size of one uploaded or extracted file, in bytes", _size),
     Option("--max-request-size", "APB_MAX_REQUEST_SIZE", limits.MAX_REQUEST_SIZE_DEFAULT,
            "maximum size of a whole upload request, in bytes", _size),
+    Option("--allow-from", "APB_ALLOW_FROM", "",
+           "comma-separated CIDR networks allowed to submit, cancel and clean up; empty: any address"),
+    Option("--token-file", "APB_TOKEN_FILE", "",
+           "file holding a token that submit, cancel and cleanup must send as 'Authorization: Bearer'; "
+           "empty: no token"),
 ]
 
 RUNNER_OPTIONS = [
