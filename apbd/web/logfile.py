@@ -1,0 +1,258 @@
+"""Reading build.log by line number, and following it while a build writes it.
+
+A line is the bytes up to a "\\n" (a bare "\\r" stays inside its line). Bytes
+are decoded as UTF-8 with replacement characters, so invalid bytes never stop
+a reader; the file on disk is never changed. NUL bytes and ANSI escapes stay
+in the text: JSON escapes them, and the stream and the pages deal with them.
+
+Finding line N by scanning from the start would make every /output call and
+every stream reconnect cost the whole log. So each log gets a LineIndex: the
+byte offset where each line ends, kept in memory per file (by device and
+inode), and extended by scanning only the bytes appended since the last call.
+
+Followers wait for a log to grow through one FileWatcher per process: one
+thread stats each watched file every POLL_INTERVAL_S and wakes the followers
+whose file changed, so a hundred followers of one build cost one stat a tick.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+import threading
+import time
+from array import array
+from collections import OrderedDict
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# Seconds between two stats of a watched file: the delay before a new line
+# reaches a follower.
+POLL_INTERVAL_S = 0.15
+# Bytes read at once while scanning a log for line ends.
+SCAN_CHUNK_BYTES = 1024 * 1024
+# Line indexes kept in memory; each costs 8 bytes per line of its log.
+INDEX_CACHE_SIZE = 64
+
+
+class LineIndex:
+    """The end offset of every complete line of one log file, grown incrementally."""
+
+    def __init__(self, file_id: tuple[int, int]):
+        self.file_id = file_id
+        # ends[i] is the offset just past the "\n" that ends line i.
+        self.ends = array("q")
+        self.scanned = 0
+        self.lock = threading.Lock()
+
+    def start_of(self, line: int) -> int:
+        return self.ends[line - 1] if line > 0 else 0
+
+    def extend(self, fd: int, size: int) -> None:
+        """Scan the bytes between the last scan and size for line ends."""
+        while self.scanned < size:
+            chunk = os.pread(fd, min(SCAN_CHUNK_BYTES, size - self.scanned), self.scanned)
+            if not chunk:
+                break
+            pos = chunk.find(b"\n")
+            while pos >= 0:
+                self.ends.append(self.scanned + pos + 1)
+                pos = chunk.find(b"\n", pos + 1)
+            self.scanned += len(chunk)
+
+
+_indexes: OrderedDict[str, LineIndex] = OrderedDict()
+_indexes_lock = threading.Lock()
+
+
+def _index_for(path: Path, st: os.stat_result) -> LineIndex:
+    """Return the cached index of path, or a fresh one if the file was replaced or truncated."""
+    key = str(path)
+    file_id = (st.st_dev, st.st_ino)
+    with _indexes_lock:
+        index = _indexes.get(key)
+        if index is None or index.file_id != file_id or index.scanned > st.st_size:
+            index = LineIndex(file_id)
+            _indexes[key] = index
+        _indexes.move_to_end(key)
+        while len(_indexes) > INDEX_CACHE_SIZE:
+            _indexes.popitem(last=False)
+    return index
+
+
+def decode_line(data: bytes) -> str:
+    return data.decode("utf-8", errors="replace")
+
+
+class _OpenLog:
+    """An open log with its index scanned up to the size seen at open time."""
+
+    def __init__(self, path: Path):
+        self.fd = os.open(path, os.O_RDONLY)
+        try:
+            st = os.fstat(self.fd)
+            self.size = st.st_size
+            self.index = _index_for(path, st)
+            with self.index.lock:
+                self.index.extend(self.fd, self.size)
+                # Only offsets below self.size are used below, even if another
+                # thread extends the index further meanwhile.
+                self.complete = bisect.bisect_right(self.index.ends, self.size)
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    @property
+    def has_partial(self) -> bool:
+        return self.size > self.index.start_of(self.complete)
+
+    def read_line(self, line: int) -> str:
+        """Return line `line`: a complete one without its "\\n", or the unterminated last one."""
+        start = self.index.start_of(line)
+        end = self.index.ends[line] - 1 if line < self.complete else self.size
+        return decode_line(os.pread(self.fd, end - start, start)) if end > start else ""
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def read_lines(path: str | os.PathLike, start_index: int, limit: int,
+               *, include_partial: bool = True) -> tuple[list[str], int]:
+    """Return up to limit lines from line start_index on, and the log's line count.
+
+    An unterminated last line (a build still writing it, or a log that does
+    not end in "\\n") counts as a line unless include_partial is False. A
+    missing log has no lines.
+    """
+    try:
+        opened = _OpenLog(Path(path))
+    except FileNotFoundError:
+        return [], 0
+    try:
+        total = opened.complete + (1 if include_partial and opened.has_partial else 0)
+        start = max(0, start_index)
+        stop = min(total, start + max(0, limit))
+        return [opened.read_line(i) for i in range(start, stop)], total
+    finally:
+        opened.close()
+
+
+def file_signature(path: Path) -> tuple[int, int, int] | None:
+    """Return what tells a changed file from the same one: inode, size and mtime."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class _Waiter:
+    def __init__(self, known: dict[Path, tuple | None]):
+        self.known = known
+        self.event = threading.Event()
+
+
+class FileWatcher:
+    """One thread that polls watched files and wakes whoever waits for them to change."""
+
+    def __init__(self, interval: float = POLL_INTERVAL_S):
+        self.interval = interval
+        self._waiters: list[_Waiter] = []
+        self._lock = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def wait(self, known: dict[Path, tuple | None], timeout: float) -> bool:
+        """Wait until a file differs from its signature in known; False on timeout.
+
+        Comparing with the caller's own last signature, not with the moment of
+        the call, means a change made just before the call still wakes it.
+        """
+        waiter = _Waiter(dict(known))
+        with self._lock:
+            self._waiters.append(waiter)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._poll_forever, name="apbd-log-watcher",
+                                                daemon=True)
+                self._thread.start()
+            self._lock.notify()
+        try:
+            return waiter.event.wait(timeout)
+        finally:
+            with self._lock:
+                self._waiters.remove(waiter)
+
+    def _poll_forever(self) -> None:
+        while True:
+            with self._lock:
+                while not self._waiters:
+                    self._lock.wait()
+            time.sleep(self.interval)
+            self.poll_once()
+
+    def poll_once(self) -> None:
+        """Stat every watched file once and wake the waiters that saw it differently."""
+        with self._lock:
+            waiters = list(self._waiters)
+        signatures: dict[Path, tuple | None] = {}
+        for waiter in waiters:
+            for path, known in waiter.known.items():
+                if path not in signatures:
+                    signatures[path] = file_signature(path)
+                if signatures[path] != known:
+                    waiter.event.set()
+                    break
+
+
+WATCHER = FileWatcher()
+
+
+class LogFollower:
+    """Hand out the lines of a log from a given line on, as the build writes them.
+
+    Lines are numbered from 0, as /output's start_index counts them.
+    """
+
+    def __init__(self, path: str | os.PathLike, start_line: int = 0,
+                 watcher: FileWatcher | None = None):
+        self.path = Path(path)
+        self.next_line = max(0, start_line)
+        self.watcher = watcher or WATCHER
+        self.signature = None
+
+    def read_new(self, *, final: bool = False, max_lines: int = 1000) -> list[tuple[int, str]]:
+        """Return up to max_lines complete lines not yet returned, with their numbers.
+
+        With final=True (the build has ended) an unterminated last line is
+        returned too. A partial line is never returned while the build may
+        still extend it, so a line is never sent twice.
+        """
+        self.signature = file_signature(self.path)
+        lines, _ = read_lines(self.path, self.next_line, max_lines, include_partial=final)
+        numbered = list(enumerate(lines, start=self.next_line))
+        self.next_line += len(lines)
+        return numbered
+
+    def follow(self, stop=lambda: False, timeout: float = 1.0):
+        """Yield (line_number, text) as lines arrive, until stop() returns True.
+
+        stop() is checked at least every timeout seconds; once it is True the
+        remaining lines, an unterminated last one included, are yielded.
+        """
+        while True:
+            finished = stop()
+            while True:
+                batch = self.read_new(final=finished)
+                yield from batch
+                if not batch:
+                    break
+            if finished:
+                return
+            self.wait(timeout)
+
+    def wait(self, timeout: float, also: dict[Path, tuple | None] | None = None) -> bool:
+        """Wait until the log changes after the last read_new, or a file in also changes."""
+        known = {self.path: self.signature}
+        known.update(also or {})
+        return self.watcher.wait(known, timeout)

@@ -1,0 +1,191 @@
+"""Tests for apbd.web.logfile: line reads by number and following a growing log."""
+
+import os
+import threading
+import time
+
+from apbd.web import logfile
+from apbd.web.logfile import FileWatcher, LogFollower, read_lines
+
+
+def write(path, data: bytes, mode="ab"):
+    with open(path, mode) as f:
+        f.write(data)
+
+
+def test_read_lines_pages(tmp_path):
+    log = tmp_path / "build.log"
+    write(log, b"".join(b"line %d\n" % i for i in range(100)))
+    lines, total = read_lines(log, 10, 5)
+    assert total == 100
+    assert lines == [f"line {i}" for i in range(10, 15)]
+
+
+def test_read_lines_past_end(tmp_path):
+    log = tmp_path / "build.log"
+    write(log, b"a\nb\n")
+    assert read_lines(log, 5, 10) == ([], 2)
+    assert read_lines(log, 1, 10) == (["b"], 2)
+
+
+def test_read_lines_missing_file(tmp_path):
+    assert read_lines(tmp_path / "nothing.log", 0, 50) == ([], 0)
+
+
+def test_read_lines_empty_lines_kept(tmp_path):
+    log = tmp_path / "build.log"
+    write(log, b"\n\nx\n\n")
+    assert read_lines(log, 0, 10) == (["", "", "x", ""], 4)
+
+
+def test_read_lines_hostile_bytes(tmp_path):
+    log = tmp_path / "build.log"
+    raw = b"bad \xff\xfe utf8\nbare\rreturn\nnul\x00byte\n\x1b[31mred\x1b[0m\ncrlf\r\n"
+    write(log, raw)
+    lines, total = read_lines(log, 0, 10)
+    assert total == 5
+    assert lines[0] == "bad \ufffd\ufffd utf8"
+    assert lines[1] == "bare\rreturn"
+    assert lines[2] == "nul\x00byte"
+    assert lines[3] == "\x1b[31mred\x1b[0m"
+    assert lines[4] == "crlf\r"
+    assert log.read_bytes() == raw
+
+
+def test_read_lines_partial_last_line(tmp_path):
+    log = tmp_path / "build.log"
+    write(log, b"one\ntwo\nthr")
+    assert read_lines(log, 0, 10) == (["one", "two", "thr"], 3)
+    assert read_lines(log, 0, 10, include_partial=False) == (["one", "two"], 2)
+    write(log, b"ee\n")
+    assert read_lines(log, 2, 10) == (["three"], 3)
+
+
+def test_read_lines_ten_megabyte_line(tmp_path):
+    log = tmp_path / "build.log"
+    big = b"x" * (10 * 1024 * 1024)
+    write(log, b"before\n" + big + b"\nafter\n")
+    lines, total = read_lines(log, 1, 2)
+    assert total == 3
+    assert len(lines[0]) == len(big)
+    assert lines[1] == "after"
+
+
+def test_index_grows_incrementally(tmp_path):
+    log = tmp_path / "build.log"
+    write(log, b"".join(b"%d\n" % i for i in range(1000)))
+    read_lines(log, 0, 1)
+    index = logfile._index_for(log, os.stat(log))
+    assert index.scanned == log.stat().st_size
+    write(log, b"1000\n1001\n")
+    lines, total = read_lines(log, 1000, 5)
+    assert lines == ["1000", "1001"]
+    assert total == 1002
+    assert logfile._index_for(log, os.stat(log)) is index
+
+
+def test_index_rebuilt_after_replace(tmp_path):
+    log = tmp_path / "build.log"
+    write(log, b"old 1\nold 2\nold 3\n")
+    assert read_lines(log, 0, 10)[1] == 3
+    replacement = tmp_path / "new.log"
+    write(replacement, b"new\n")
+    os.rename(replacement, log)
+    assert read_lines(log, 0, 10) == (["new"], 1)
+
+
+def test_index_rebuilt_after_truncate(tmp_path):
+    log = tmp_path / "build.log"
+    write(log, b"a\nb\nc\n")
+    assert read_lines(log, 0, 10)[1] == 3
+    write(log, b"z\n", mode="r+b")
+    os.truncate(log, 2)
+    assert read_lines(log, 0, 10) == (["z"], 1)
+
+
+def test_large_log_reads_fast(tmp_path):
+    log = tmp_path / "build.log"
+    write(log, b"".join(b"==> line number %d of a long build\n" % i for i in range(200_000)))
+    read_lines(log, 0, 1)
+    started = time.monotonic()
+    for start in range(0, 200_000, 2_000):
+        lines, total = read_lines(log, start, 1000)
+        assert total == 200_000
+        assert lines[0] == f"==> line number {start} of a long build"
+    elapsed = time.monotonic() - started
+    assert elapsed < 2.0, f"100 page reads of a 200,000-line log took {elapsed:.2f} s"
+
+
+def test_follower_returns_complete_lines_once(tmp_path):
+    log = tmp_path / "build.log"
+    follower = LogFollower(log)
+    assert follower.read_new() == []
+    write(log, b"a\nb\npart")
+    assert follower.read_new() == [(0, "a"), (1, "b")]
+    assert follower.read_new() == []
+    write(log, b"ial\n")
+    assert follower.read_new() == [(2, "partial")]
+    write(log, b"tail without newline")
+    assert follower.read_new() == []
+    assert follower.read_new(final=True) == [(3, "tail without newline")]
+
+
+def test_follower_starts_at_line(tmp_path):
+    log = tmp_path / "build.log"
+    write(log, b"0\n1\n2\n3\n")
+    assert LogFollower(log, start_line=2).read_new() == [(2, "2"), (3, "3")]
+
+
+def test_follower_follows_writer(tmp_path):
+    log = tmp_path / "build.log"
+    done = threading.Event()
+
+    def writer():
+        for i in range(50):
+            write(log, b"line %d\n" % i)
+            time.sleep(0.005)
+        write(log, b"last, unterminated")
+        done.set()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    received = list(LogFollower(log, watcher=FileWatcher(0.02)).follow(stop=done.is_set, timeout=0.1))
+    thread.join()
+    assert [n for n, _ in received] == list(range(51))
+    assert received[-1] == (50, "last, unterminated")
+    assert received[7] == (7, "line 7")
+
+
+def test_watcher_wakes_on_change(tmp_path):
+    log = tmp_path / "build.log"
+    write(log, b"x\n")
+    watcher = FileWatcher(0.02)
+    known = {log: logfile.file_signature(log)}
+    assert watcher.wait(known, 0.1) is False
+    threading.Timer(0.05, write, (log, b"y\n")).start()
+    started = time.monotonic()
+    assert watcher.wait(known, 5.0) is True
+    assert time.monotonic() - started < 1.0
+
+
+def test_watcher_sees_change_before_wait(tmp_path):
+    log = tmp_path / "build.log"
+    known = {log: logfile.file_signature(log)}
+    write(log, b"written before the wait\n")
+    assert FileWatcher(0.02).wait(known, 2.0) is True
+
+
+def test_watcher_many_waiters(tmp_path):
+    log = tmp_path / "build.log"
+    write(log, b"x\n")
+    watcher = FileWatcher(0.02)
+    known = {log: logfile.file_signature(log)}
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(watcher.wait(known, 5.0))) for _ in range(200)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.1)
+    write(log, b"y\n")
+    for thread in threads:
+        thread.join()
+    assert results == [True] * 200
