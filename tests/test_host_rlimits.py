@@ -1,11 +1,14 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def run_in_child(code):
     """Run code in a fresh interpreter, so the test process keeps its limits."""
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60, cwd=REPO)
     return json.loads(proc.stdout)
 
 
