@@ -1,0 +1,401 @@
+"""`apbd submit`: send a package folder to a server, follow the build, fetch its files.
+
+It talks to the server exactly as the APB client does when it is pointed
+straight at a server: one multipart POST /build with the file part
+`build_tarball` (named build.tar.gz, type application/gzip) and no build_id,
+then the build's live output, then every listed package and log downloaded
+into OUTPUT/ARCH/FILENAME.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import io
+import json
+import os
+import sys
+import tarfile
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+TERMINAL_STATES = ("completed", "failed", "cancelled")
+
+# Exit codes of `apbd submit`.
+EXIT_COMPLETED = 0
+EXIT_BUILD_FAILED = 1
+EXIT_USAGE = 2
+EXIT_SERVER_ERROR = 3
+EXIT_TIMED_OUT = 4
+
+# What makepkg leaves in a package folder and a server must not receive.
+SKIPPED_DIRS = {"src", "pkg", ".git", ".svn", ".hg", "__pycache__"}
+SKIPPED_FILES = ["*.pkg.tar", "*.pkg.tar.*", "*.src.tar.*", "*-build.log", "*-package.log",
+                 "*-prepare.log", "*-check.log", "*-pkgver.log", ".SRCINFO~"]
+
+# Seconds: connecting, reading a normal answer, and reading a stream (the server
+# sends a heartbeat every 30 s, so silence beyond this means the stream broke).
+CONNECT_TIMEOUT_S = 10
+READ_TIMEOUT_S = 60
+STREAM_READ_TIMEOUT_S = 90
+UPLOAD_TIMEOUT_S = 300
+POLL_INTERVAL_S = 2.0
+# The APB client waits this long for artifacts_ready after a build ends.
+ARTIFACTS_WAIT_S = 300
+PROGRESS_STEP_BYTES = 8 * 1024 * 1024
+
+
+class SubmitError(Exception):
+    """A failure of `apbd submit` with the exit code it ends with."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_SERVER_ERROR):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def say(message: str) -> None:
+    """Print a progress message of apbd submit itself (not build output) to stderr."""
+    print(f":: {message}", file=sys.stderr, flush=True)
+
+
+def human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+# Packing
+
+
+def is_skipped(relative: Path) -> bool:
+    if any(part in SKIPPED_DIRS for part in relative.parts[:-1]):
+        return True
+    return any(fnmatch.fnmatch(relative.name, pattern) for pattern in SKIPPED_FILES)
+
+
+def pack_folder(folder: Path, tarball: Path) -> list[str]:
+    """Write folder's PKGBUILD and sources to tarball (gzip), at the archive's root.
+
+    Return the member names. Skip makepkg's src/ and pkg/ folders, built
+    packages and makepkg's logs, which the server does not need.
+    """
+    if not (folder / "PKGBUILD").is_file():
+        raise SubmitError(f"{folder} contains no PKGBUILD: give the folder that holds the PKGBUILD",
+                          EXIT_USAGE)
+    members = []
+    with tarfile.open(tarball, "w:gz") as archive:
+        for root, dirs, files in os.walk(folder):
+            root_path = Path(root)
+            dirs[:] = sorted(d for d in dirs if d not in SKIPPED_DIRS)
+            for name in sorted(files):
+                relative = (root_path / name).relative_to(folder)
+                if is_skipped(relative):
+                    continue
+                archive.add(root_path / name, arcname=str(relative), recursive=False)
+                members.append(str(relative))
+    return members
+
+
+class MultipartUpload(io.RawIOBase):
+    """A multipart/form-data body read from disk in chunks, reporting upload progress.
+
+    requests streams any object with read() and a length, so the tarball is
+    never held in memory.
+    """
+
+    def __init__(self, fields: dict[str, str], file_field: str, file_name: str, content_type: str,
+                 path: Path, show_progress: bool):
+        self.boundary = f"apbd-{uuid.uuid4().hex}"
+        head = b""
+        for name, value in fields.items():
+            head += (f"--{self.boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n"
+                     f"{value}\r\n").encode()
+        head += (f"--{self.boundary}\r\nContent-Disposition: form-data; name=\"{file_field}\"; "
+                 f"filename=\"{file_name}\"\r\nContent-Type: {content_type}\r\n\r\n").encode()
+        self._parts = [io.BytesIO(head), open(path, "rb"), io.BytesIO(f"\r\n--{self.boundary}--\r\n".encode())]
+        self.total = len(head) + path.stat().st_size + len(self._parts[2].getvalue())
+        self.sent = 0
+        self._next_report = PROGRESS_STEP_BYTES
+        self._show_progress = show_progress
+
+    @property
+    def content_type(self) -> str:
+        return f"multipart/form-data; boundary={self.boundary}"
+
+    def __len__(self) -> int:
+        return self.total
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = b""
+        while self._parts and (size < 0 or len(chunk) < size):
+            piece = self._parts[0].read(-1 if size < 0 else size - len(chunk))
+            if not piece:
+                self._parts.pop(0).close()
+                continue
+            chunk += piece
+        self.sent += len(chunk)
+        if self._show_progress and self.sent >= self._next_report:
+            say(f"uploaded {human_size(self.sent)} of {human_size(self.total)}")
+            self._next_report += PROGRESS_STEP_BYTES
+        return chunk
+
+    def close(self) -> None:
+        for part in self._parts:
+            part.close()
+        self._parts = []
+        super().close()
+
+
+# Talking to the server
+
+
+def error_detail(answer: requests.Response) -> str:
+    """Return the server's {"error", "detail"} as one line, or the start of its body."""
+    try:
+        body = answer.json()
+        return f"{body.get('error', '')}: {body.get('detail', '')}".strip(": ")
+    except ValueError:
+        return answer.text[:300].strip()
+
+
+def submit_tarball(server: str, tarball: Path, build_timeout: int | None) -> str:
+    """POST the tarball as the APB client does (no build_id); return the build id."""
+    fields = {} if build_timeout is None else {"build_timeout": str(build_timeout)}
+    size = tarball.stat().st_size
+    body = MultipartUpload(fields, "build_tarball", "build.tar.gz", "application/gzip", tarball,
+                           show_progress=size >= PROGRESS_STEP_BYTES)
+    say(f"uploading {human_size(size)} to {server}/build")
+    try:
+        answer = requests.post(f"{server}/build", data=body, headers={"Content-Type": body.content_type},
+                               timeout=(CONNECT_TIMEOUT_S, UPLOAD_TIMEOUT_S))
+    except requests.RequestException as e:
+        raise SubmitError(f"could not submit to {server}: {e}")
+    finally:
+        body.close()
+    if answer.status_code != 200:
+        raise SubmitError(f"the server rejected the build (HTTP {answer.status_code}): {error_detail(answer)}")
+    try:
+        return answer.json()["build_id"]
+    except (ValueError, KeyError):
+        raise SubmitError(f"the server accepted the build but sent no build_id: {answer.text[:300]}")
+
+
+def get_json(url: str, **params) -> dict | None:
+    """GET a JSON object; None on 404, SubmitError on any other failure."""
+    try:
+        answer = requests.get(url, params=params, timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S))
+    except requests.RequestException as e:
+        raise SubmitError(f"GET {url} failed: {e}")
+    if answer.status_code == 404:
+        return None
+    if answer.status_code != 200:
+        raise SubmitError(f"GET {url} answered HTTP {answer.status_code}: {error_detail(answer)}")
+    return answer.json()
+
+
+def read_status(server: str, build_id: str) -> dict:
+    status = get_json(f"{server}/build/{build_id}/status-api")
+    if status is None:
+        raise SubmitError(f"build {build_id} is not known to {server}")
+    return status
+
+
+# Following the output
+
+
+@dataclass
+class Follower:
+    """Prints a build's output once: over the stream, then by polling if the stream breaks."""
+
+    server: str
+    build_id: str
+    quiet: bool = False
+    lines_printed: int = 0
+
+    def emit(self, line: str) -> None:
+        self.lines_printed += 1
+        if not self.quiet:
+            print(line, flush=True)
+
+    def follow_stream(self, deadline: float) -> str | None:
+        """Print output events until `complete`; return the final status, None if the stream broke."""
+        url = f"{self.server}/build/{self.build_id}/stream"
+        try:
+            with requests.get(url, stream=True, headers={"Accept": "text/event-stream"},
+                              timeout=(CONNECT_TIMEOUT_S, STREAM_READ_TIMEOUT_S)) as answer:
+                if answer.status_code != 200:
+                    say(f"live output unavailable (HTTP {answer.status_code}); polling instead")
+                    return None
+                for event, data in read_events(answer):
+                    if event == "output":
+                        self.emit(data)
+                    elif event == "complete":
+                        return json.loads(data).get("status")
+                    if time.monotonic() > deadline:
+                        return None
+        except (requests.RequestException, ValueError) as e:
+            say(f"live output stream broke ({e}); polling instead")
+            return None
+        say("live output stream ended early; polling instead")
+        return None
+
+    def follow_polling(self, deadline: float) -> str | None:
+        """Print new lines from /output until the build is terminal; None at the deadline."""
+        while time.monotonic() < deadline:
+            status = read_status(self.server, self.build_id)["status"]
+            self.print_new_lines()
+            if status in TERMINAL_STATES:
+                return status
+            time.sleep(POLL_INTERVAL_S)
+        return None
+
+    def print_new_lines(self) -> None:
+        while True:
+            page = get_json(f"{self.server}/build/{self.build_id}/output",
+                            start_index=self.lines_printed, limit=1000) or {}
+            lines = page.get("output", [])
+            for line in lines:
+                self.emit(line)
+            if not lines or self.lines_printed >= page.get("total_lines", 0):
+                return
+
+
+def read_events(answer: requests.Response):
+    """Yield (event, data) pairs of a server-sent event stream.
+
+    Lines are split on LF only, so a carriage return inside build output stays
+    inside its line.
+    """
+    event, data, pending = "message", [], b""
+    for chunk in answer.iter_content(chunk_size=None):
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for raw in lines:
+            line = raw.decode("utf-8", errors="replace")
+            if line.endswith("\r"):
+                line = line[:-1]
+            if line == "":
+                if data:
+                    yield event, "\n".join(data)
+                event, data = "message", []
+            elif line.startswith(":"):
+                continue
+            else:
+                field, _, value = line.partition(":")
+                value = value[1:] if value.startswith(" ") else value
+                if field == "event":
+                    event = value
+                elif field == "data":
+                    data.append(value)
+
+
+# Downloading
+
+
+def wait_artifacts_ready(server: str, build_id: str) -> dict:
+    """Wait for artifacts_ready as the APB client does; return the last status object."""
+    deadline = time.monotonic() + ARTIFACTS_WAIT_S
+    while True:
+        status = get_json(f"{server}/build/{build_id}/status", format="json")
+        if status is None:
+            # A server without the client's path: status-api is all there is.
+            return read_status(server, build_id)
+        if status.get("artifacts_ready"):
+            return status
+        if time.monotonic() > deadline:
+            say(f"artifacts were not ready after {ARTIFACTS_WAIT_S} s; downloading what is listed")
+            return status
+        time.sleep(POLL_INTERVAL_S)
+
+
+def build_arch(status: dict) -> str:
+    """Return the folder name for the build's files: the first arch, as the APB client uses."""
+    arch = status.get("arch") or "unknown"
+    if isinstance(arch, list):
+        arch = arch[0] if arch else "unknown"
+    return str(arch)
+
+
+def download_file(server: str, entry: dict, dest: Path) -> int:
+    """Download one listed file to dest; return its size. An empty body is a failure."""
+    url = server + entry["download_url"]
+    tmp = dest.with_name(f".{dest.name}.part")
+    try:
+        with requests.get(url, stream=True, timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S)) as answer:
+            if answer.status_code != 200:
+                raise SubmitError(f"download of {entry['filename']} failed (HTTP {answer.status_code}): "
+                                  f"{error_detail(answer)}")
+            size = 0
+            with open(tmp, "wb") as out:
+                for chunk in answer.iter_content(chunk_size=1024 * 1024):
+                    out.write(chunk)
+                    size += len(chunk)
+    except requests.RequestException as e:
+        tmp.unlink(missing_ok=True)
+        raise SubmitError(f"download of {entry['filename']} from {url} failed: {e}")
+    if size == 0:
+        tmp.unlink(missing_ok=True)
+        raise SubmitError(f"download of {entry['filename']} returned an empty body")
+    os.replace(tmp, dest)
+    return size
+
+
+def download_artifacts(server: str, status: dict, output: Path) -> list[Path]:
+    """Download every listed package and log into OUTPUT/ARCH/FILENAME."""
+    folder = output / build_arch(status)
+    folder.mkdir(parents=True, exist_ok=True)
+    saved = []
+    for entry in [*status.get("packages", []), *status.get("logs", [])]:
+        name = Path(entry["filename"]).name
+        size = download_file(server, entry, folder / name)
+        say(f"downloaded {name} ({human_size(size)})")
+        saved.append(folder / name)
+    return saved
+
+
+# The whole command
+
+
+def run_submit(folder: Path, server: str, output: Path, timeout: float | None,
+               build_timeout: int | None, quiet: bool) -> int:
+    """Submit folder, follow the build, download its files; return the exit code."""
+    server = server.rstrip("/")
+    deadline = time.monotonic() + timeout if timeout else float("inf")
+
+    with tempfile.TemporaryDirectory(prefix="apbd-submit-") as scratch:
+        tarball = Path(scratch) / "build.tar.gz"
+        members = pack_folder(folder, tarball)
+        say(f"packed {len(members)} files from {folder}: {', '.join(members)}")
+        build_id = submit_tarball(server, tarball, build_timeout)
+    print(f"build_id: {build_id}", flush=True)
+    say(f"build page: {server}/build/{build_id}")
+
+    follower = Follower(server, build_id, quiet=quiet)
+    final = follower.follow_stream(deadline)
+    if final is None:
+        final = follower.follow_polling(deadline)
+    if final is None:
+        say(f"build {build_id} did not finish within {timeout} s; it keeps running on the server")
+        return EXIT_TIMED_OUT
+
+    status = wait_artifacts_ready(server, build_id)
+    final = status.get("status", final)
+    saved = download_artifacts(server, status, output)
+    say(f"build {build_id} {final}; files in {output / build_arch(status)}:")
+    for path in saved:
+        print(path, flush=True)
+    if final != "completed":
+        reason = status.get("reason")
+        say(f"build {build_id} {final}" + (f": {reason}" if reason else "") + "; see the log above")
+        return EXIT_BUILD_FAILED
+    return EXIT_COMPLETED
