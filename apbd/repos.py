@@ -13,6 +13,8 @@ import json
 import re
 from urllib.parse import urlsplit
 
+from apbd.errors import ApiError
+
 # At most this many extra repositories per build.
 MAX_EXTRA_REPOS = 16
 MAX_REPO_NAME_LENGTH = 64
@@ -29,21 +31,7 @@ URL_SCHEMES = ("http", "https", "file")
 RESERVED_NAMES = ("options",)
 
 
-class _PendingApiError(Exception):
-    """Stand-in with ApiError's fields, used only while apbd/errors.py is missing."""
-
-    def __init__(self, status: int, error: str, detail: str):
-        super().__init__(f"{error}: {detail}")
-        self.status, self.error, self.detail = status, error, detail
-
-
-def _invalid(detail: str) -> Exception:
-    # apbd.errors is written alongside this module; import it when it is needed.
-    try:
-        from apbd.errors import ApiError
-    except ImportError:
-        # TODO: drop the stand-in once apbd/errors.py is in the tree.
-        ApiError = _PendingApiError
+def _invalid(detail: str) -> ApiError:
     return ApiError(400, "Invalid extra_repos", detail)
 
 

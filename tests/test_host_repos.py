@@ -3,13 +3,14 @@ import json
 import pytest
 
 from apbd import repos
+from apbd.errors import ApiError
 
 FPR = "0123456789ABCDEF0123456789ABCDEF01234567"
 HOST_CONF = "[options]\nArchitecture = auto\n\n[core]\nInclude = /etc/pacman.d/mirrorlist\n\n[extra]\nInclude = /etc/pacman.d/mirrorlist\n"
 
 
 def assert_rejected(value, fragment):
-    with pytest.raises(Exception) as info:
+    with pytest.raises(ApiError) as info:
         repos.validate_extra_repos(value)
     assert info.value.status == 400
     assert info.value.error == "Invalid extra_repos"
@@ -49,7 +50,7 @@ def test_malformed_entries_rejected(value, fragment):
     "core]\n[evil", "a b", "a=b", "a]", "[a", "a\nServer", "options", "Options", "-x", "a#b", "",
 ])
 def test_injecting_names_rejected(name):
-    with pytest.raises(Exception) as info:
+    with pytest.raises(ApiError) as info:
         repos.validate_extra_repos([{"name": name, "url": "https://a.example/"}])
     assert info.value.status == 400
 
@@ -60,7 +61,7 @@ def test_injecting_names_rejected(name):
     "file://relative/path", "https://a.example/\"", "https://a.example/\tx",
 ])
 def test_bad_urls_rejected(url):
-    with pytest.raises(Exception) as info:
+    with pytest.raises(ApiError) as info:
         repos.validate_extra_repos([{"name": "a", "url": url}])
     assert info.value.status == 400
 
@@ -102,7 +103,7 @@ def test_render_appends_sections_after_host_repos():
 
 
 def test_render_revalidates_entries():
-    with pytest.raises(Exception) as info:
+    with pytest.raises(ApiError) as info:
         repos.render_pacman_conf(HOST_CONF, [{"name": "x]\n[core", "url": "https://a.example/"}])
     assert info.value.status == 400
 
