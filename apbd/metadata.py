@@ -1,0 +1,207 @@
+"""What a PKGBUILD declares, read by makepkg itself and never by regular expressions.
+
+read_srcinfo() runs `makepkg --printsrcinfo` on a source folder, as the build
+user and inside the sandbox (see apbd.sandbox), because that sources the
+PKGBUILD and so runs its top-level code. In the same run it sources the
+PKGBUILD in a subshell to read apb_output_timeout, which .SRCINFO does not
+carry.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from apbd import limits, paths, sandbox
+
+log = logging.getLogger(__name__)
+
+# Reading a PKGBUILD takes about 0.6 s; one that takes longer than this is stuck.
+SRCINFO_TIMEOUT_S = 60
+# Only this much of makepkg's error output goes into an InvalidPkgbuild detail.
+ERROR_TAIL_CHARS = 2000
+
+
+class InvalidPkgbuild(Exception):
+    """A PKGBUILD that makepkg cannot read or that lacks a needed field; detail is the reason."""
+
+    def __init__(self, detail: str):
+        super().__init__(detail)
+        self.detail = detail
+
+
+@dataclass
+class SrcInfo:
+    """The metadata of one PKGBUILD, as .SRCINFO states it."""
+
+    pkgbase: str
+    pkgnames: list[str]
+    pkgver: str
+    pkgrel: str
+    epoch: str | None = None
+    arch: list[str] = field(default_factory=list)
+    # pkgname -> arch, for split packages that override the pkgbase's arch.
+    package_arch: dict[str, list[str]] = field(default_factory=dict)
+    validpgpkeys: list[str] = field(default_factory=list)
+    # apb_output_timeout exactly as the PKGBUILD sets it, or None when unset.
+    output_timeout_raw: str | None = None
+
+    @property
+    def version(self) -> str:
+        """The full version as pacman writes it: EPOCH:PKGVER-PKGREL, or PKGVER-PKGREL."""
+        base = f"{self.pkgver}-{self.pkgrel}"
+        return f"{self.epoch}:{base}" if self.epoch else base
+
+
+def parse_srcinfo(text: str) -> SrcInfo:
+    """Turn makepkg's .SRCINFO text into a SrcInfo; raise InvalidPkgbuild on missing fields.
+
+    Lines before the first `pkgbase =` are output of the PKGBUILD's own
+    top-level code and are skipped.
+    """
+    base: dict[str, list[str]] = {}
+    packages: dict[str, dict[str, list[str]]] = {}
+    current = None
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition(" = ")
+        if not sep:
+            continue
+        if key == "pkgbase" and not line.startswith(("\t", " ")):
+            current = base
+            base.setdefault("pkgbase", []).append(value)
+        elif key == "pkgname" and not line.startswith(("\t", " ")):
+            if current is None:
+                continue
+            current = packages.setdefault(value, {})
+        elif current is not None:
+            current.setdefault(key, []).append(value)
+
+    if not base.get("pkgbase"):
+        raise InvalidPkgbuild("The PKGBUILD sets no pkgname: makepkg printed no pkgbase")
+    if not packages:
+        raise InvalidPkgbuild("The PKGBUILD sets no pkgname")
+    pkgver = (base.get("pkgver") or [""])[0]
+    if not pkgver:
+        raise InvalidPkgbuild("The PKGBUILD sets no pkgver")
+    pkgrel = (base.get("pkgrel") or [""])[0]
+    if not pkgrel:
+        raise InvalidPkgbuild("The PKGBUILD sets no pkgrel")
+    epoch = (base.get("epoch") or [None])[0]
+    if epoch in ("", "0"):
+        epoch = None
+    package_arch = {name: fields["arch"] for name, fields in packages.items() if "arch" in fields}
+    return SrcInfo(
+        pkgbase=base["pkgbase"][0],
+        pkgnames=list(packages),
+        pkgver=pkgver,
+        pkgrel=pkgrel,
+        epoch=epoch,
+        arch=base.get("arch", []),
+        package_arch=package_arch,
+        validpgpkeys=base.get("validpgpkeys", []),
+    )
+
+
+def parse_output_timeout(raw: str | None) -> tuple[int, str | None]:
+    """Return the output timeout in seconds for apb_output_timeout=raw, and a warning or None.
+
+    An unset value gives the default silently; a value that is not a whole
+    number, or is outside the allowed range, gives the default and a warning
+    for the build log.
+    """
+    default = limits.OUTPUT_TIMEOUT_DEFAULT_S
+    if raw is None or raw.strip() == "":
+        return default, None
+    low, high = limits.OUTPUT_TIMEOUT_MIN_S, limits.OUTPUT_TIMEOUT_MAX_S
+    try:
+        seconds = int(raw.strip())
+    except ValueError:
+        return default, (f"apb_output_timeout={raw!r} is not a whole number of seconds; "
+                         f"using the default of {default} s")
+    if not low <= seconds <= high:
+        return default, (f"apb_output_timeout={seconds} is outside {low}-{high} s; "
+                         f"using the default of {default} s")
+    return seconds, None
+
+
+def _reader_script(marker: str) -> str:
+    # The subshell keeps the PKGBUILD's own variables and exits away from the output.
+    return (
+        'makepkg --config "$1" --printsrcinfo || exit $?\n'
+        f'printf "\\n%s\\n" "{marker}"\n'
+        '( source ./PKGBUILD >/dev/null 2>&1 </dev/null\n'
+        '  if [[ -n ${apb_output_timeout+set} ]]; then printf "set=%s" "$apb_output_timeout"; fi )\n'
+    )
+
+
+def read_srcinfo(src_dir: Path, build_user: str | None) -> SrcInfo:
+    """Read the PKGBUILD in src_dir with makepkg, as build_user and in the sandbox.
+
+    build_user is the account to use when apbd runs as root; an apbd running
+    as an ordinary user reads as itself. The folder stays unchanged: makepkg
+    gets a private /tmp for its working folders. Raise InvalidPkgbuild when
+    makepkg fails or a needed field is missing.
+    """
+    src_dir = Path(src_dir).absolute()
+    if not (src_dir / "PKGBUILD").is_file():
+        raise InvalidPkgbuild("There is no PKGBUILD file")
+    user = sandbox.resolve_build_user(build_user)
+    config = paths.data_file("makepkg.conf")
+    marker = f"apbd-srcinfo-end-{uuid.uuid4().hex}"
+    command = ["bash", "-c", _reader_script(marker), "apbd-read-pkgbuild", str(config)]
+    scratch = None
+    if sandbox.bwrap_works(user):
+        locale_dir = sandbox.ensure_locale()
+        argv = sandbox.sandbox_argv(command, readable=[src_dir, config.parent], chdir=src_dir,
+                                    locale_dir=locale_dir)
+        workdir = "/tmp"
+    else:
+        # NOTE: without bwrap the PKGBUILD's top-level code runs unconfined as the build user.
+        locale_dir = None
+        argv = command
+        scratch = Path(os.path.realpath("/tmp")) / f"apbd-srcinfo-{uuid.uuid4().hex}"
+        scratch.mkdir(mode=0o700)
+        user.chown_tree(scratch)
+        workdir = str(scratch)
+    env = sandbox.build_env(workdir, {"BUILDDIR": workdir, "PKGDEST": workdir, "SRCDEST": workdir,
+                                      "SRCPKGDEST": workdir, "LOGDEST": workdir}, locale_dir)
+    try:
+        stdout, stderr, returncode = _run_bounded(argv, env, src_dir, user)
+    finally:
+        if scratch is not None:
+            subprocess.run(["rm", "-rf", "--one-file-system", str(scratch)], check=False)
+
+    if returncode != 0:
+        message = stderr.decode(errors="replace").strip()[-ERROR_TAIL_CHARS:]
+        for name in ("pkgname", "pkgver"):
+            if f"{name} is not allowed to be empty" in message:
+                raise InvalidPkgbuild(f"The PKGBUILD sets no {name}. makepkg output: {message}")
+        raise InvalidPkgbuild(f"makepkg could not read the PKGBUILD (exit {returncode}): {message}")
+    text = stdout.decode(errors="replace")
+    srcinfo_text, found, tail = text.rpartition(f"\n{marker}\n")
+    if not found:
+        raise InvalidPkgbuild("makepkg printed no complete .SRCINFO for the PKGBUILD")
+    info = parse_srcinfo(srcinfo_text)
+    if tail.startswith("set="):
+        info.output_timeout_raw = tail[len("set="):]
+    return info
+
+
+def _run_bounded(argv: list[str], env: dict, cwd: Path, user: sandbox.BuildUser) -> tuple[bytes, bytes, int]:
+    """Run argv to its end, or kill its whole process group after SRCINFO_TIMEOUT_S."""
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, cwd=str(cwd),
+                            start_new_session=True, **user.popen_kwargs())
+    try:
+        stdout, stderr = proc.communicate(timeout=SRCINFO_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise InvalidPkgbuild(f"Reading the PKGBUILD took longer than {SRCINFO_TIMEOUT_S} s; "
+                              "its top-level code must not wait or download") from None
+    return stdout, stderr, proc.returncode

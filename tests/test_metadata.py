@@ -1,0 +1,187 @@
+"""Reading PKGBUILD metadata with the real makepkg --printsrcinfo, as the build user in bwrap."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+import pytest
+
+from apbd import limits
+from apbd.metadata import InvalidPkgbuild, parse_output_timeout, read_srcinfo
+from tests.doubles.builduser import open_for_build_user, write_tree
+
+BUILD_USER = "apbd-build"
+
+
+def read(tmp_path, text: str):
+    src = write_tree(open_for_build_user(tmp_path) / "src", {"PKGBUILD": text})
+    return read_srcinfo(src, BUILD_USER)
+
+
+def test_variables_and_parameter_expansion(tmp_path):
+    info = read(tmp_path, """
+_name=hello
+_ver=2-10-3
+pkgname=${_name}-tool
+pkgver=${_ver//-/.}
+pkgrel=1
+arch=(any)
+""")
+    assert info.pkgbase == "hello-tool"
+    assert info.pkgnames == ["hello-tool"]
+    assert info.pkgver == "2.10.3"
+    assert info.pkgrel == "1"
+    assert info.epoch is None
+    assert info.version == "2.10.3-1"
+
+
+def test_multiline_arrays_and_validpgpkeys(tmp_path):
+    info = read(tmp_path, """
+pkgname=multi
+pkgver=1
+pkgrel=3
+arch=(
+  x86_64
+  # a comment inside the array
+  powerpc64le
+)
+validpgpkeys=(
+    'ABCDEF0123456789ABCDEF0123456789ABCDEF01'
+    '0123456789ABCDEF0123456789ABCDEF01234567'
+)
+""")
+    assert info.arch == ["x86_64", "powerpc64le"]
+    assert info.validpgpkeys == ["ABCDEF0123456789ABCDEF0123456789ABCDEF01",
+                                 "0123456789ABCDEF0123456789ABCDEF01234567"]
+
+
+def test_split_packages_with_arch_overrides_and_epoch(tmp_path):
+    info = read(tmp_path, """
+pkgbase=suite
+pkgname=(suite-bin suite-data suite-docs)
+pkgver=4.1
+pkgrel=2
+epoch=3
+arch=(x86_64 aarch64)
+package_suite-bin() { :; }
+package_suite-data() { arch=(any); :; }
+package_suite-docs() {
+  arch=('any')
+  :
+}
+""")
+    assert info.pkgbase == "suite"
+    assert info.pkgnames == ["suite-bin", "suite-data", "suite-docs"]
+    assert info.epoch == "3"
+    assert info.version == "3:4.1-2"
+    assert info.arch == ["x86_64", "aarch64"]
+    assert info.package_arch == {"suite-data": ["any"], "suite-docs": ["any"]}
+
+
+def test_output_timeout_read_from_pkgbuild(tmp_path):
+    info = read(tmp_path, "pkgname=t\npkgver=1\npkgrel=1\narch=(any)\napb_output_timeout=$((60 * 5))\n")
+    assert info.output_timeout_raw == "300"
+
+
+def test_output_timeout_absent(tmp_path):
+    info = read(tmp_path, "pkgname=t\npkgver=1\npkgrel=1\narch=(any)\n")
+    assert info.output_timeout_raw is None
+
+
+@pytest.mark.parametrize("missing", ["pkgname", "pkgver"])
+def test_missing_field_rejected(tmp_path, missing):
+    fields = {"pkgname": "pkgname=x", "pkgver": "pkgver=1"}
+    del fields[missing]
+    text = "\n".join([*fields.values(), "pkgrel=1", "arch=(any)", ""])
+    with pytest.raises(InvalidPkgbuild) as caught:
+        read(tmp_path, text)
+    assert f"sets no {missing}" in caught.value.detail
+
+
+def test_syntax_error_rejected(tmp_path):
+    with pytest.raises(InvalidPkgbuild) as caught:
+        read(tmp_path, "pkgname=x\npkgver=1\npkgrel=1\narch=(any\n")
+    assert "makepkg could not read the PKGBUILD" in caught.value.detail
+
+
+def test_missing_pkgbuild_rejected(tmp_path):
+    src = open_for_build_user(tmp_path) / "empty"
+    src.mkdir(mode=0o755)
+    with pytest.raises(InvalidPkgbuild) as caught:
+        read_srcinfo(src, BUILD_USER)
+    assert "no PKGBUILD" in caught.value.detail
+
+
+def test_top_level_code_cannot_write_outside(tmp_path):
+    """Top-level code runs as the build user in bwrap: the host, the source folder and a
+    folder the build user could otherwise write are all out of reach."""
+    target = open_for_build_user(tmp_path) / "world-writable"
+    target.mkdir()
+    os.chmod(target, 0o777)
+    info = read(tmp_path, f"""
+pkgname=writer
+pkgver=1
+pkgrel=1
+arch=(any)
+touch {target}/escaped 2>/dev/null || true
+touch "$PWD/planted" 2>/dev/null || true
+touch /etc/apbd-escaped 2>/dev/null || true
+""")
+    assert info.pkgbase == "writer"
+    assert not (target / "escaped").exists()
+    assert not (tmp_path / "src" / "planted").exists()
+    assert not os.path.exists("/etc/apbd-escaped")
+
+
+def test_top_level_code_has_no_network(tmp_path):
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.settimeout(5)
+    port = listener.getsockname()[1]
+    connections = []
+
+    def accept():
+        try:
+            connections.append(listener.accept())
+        except OSError:
+            return
+
+    thread = threading.Thread(target=accept)
+    thread.start()
+    try:
+        info = read(tmp_path, f"""
+pkgname=caller
+pkgver=1
+pkgrel=1
+arch=(any)
+(exec 3<>/dev/tcp/127.0.0.1/{port} && echo hello >&3) 2>/dev/null || true
+""")
+    finally:
+        thread.join()
+        listener.close()
+    assert info.pkgbase == "caller"
+    assert connections == []
+
+
+def test_top_level_output_does_not_confuse_parser(tmp_path):
+    info = read(tmp_path, "echo 'pkgname = forged'\npkgname=real\npkgver=1\npkgrel=1\narch=(any)\n")
+    assert info.pkgnames == ["real"]
+
+
+@pytest.mark.parametrize("raw, seconds, warns", [
+    (None, limits.OUTPUT_TIMEOUT_DEFAULT_S, False),
+    ("", limits.OUTPUT_TIMEOUT_DEFAULT_S, False),
+    ("3600", 3600, False),
+    (str(limits.OUTPUT_TIMEOUT_MIN_S), limits.OUTPUT_TIMEOUT_MIN_S, False),
+    (str(limits.OUTPUT_TIMEOUT_MAX_S), limits.OUTPUT_TIMEOUT_MAX_S, False),
+    ("59", limits.OUTPUT_TIMEOUT_DEFAULT_S, True),
+    ("86401", limits.OUTPUT_TIMEOUT_DEFAULT_S, True),
+    ("1h", limits.OUTPUT_TIMEOUT_DEFAULT_S, True),
+])
+def test_parse_output_timeout(raw, seconds, warns):
+    value, warning = parse_output_timeout(raw)
+    assert value == seconds
+    assert (warning is not None) == warns
