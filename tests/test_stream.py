@@ -33,7 +33,7 @@ class LiveServer:
         self.app = bottle.Bottle()
         stream.install(self.app, self.ctx)
         self.server = waitress.create_server(self.app, host="127.0.0.1", port=0, threads=THREADS,
-                                             connection_limit=THREADS + 100)
+                                             connection_limit=THREADS + 100, asyncore_use_poll=True)
         self.port = self.server.effective_port
         self.url = f"http://127.0.0.1:{self.port}"
         self.thread = threading.Thread(target=self.server.run, daemon=True)

@@ -159,7 +159,7 @@ class FileWatcher:
 
     def __init__(self, interval: float = POLL_INTERVAL_S):
         self.interval = interval
-        self._waiters: list[_Waiter] = []
+        self._waiters: set[_Waiter] = set()
         self._lock = threading.Condition()
         self._thread: threading.Thread | None = None
 
@@ -171,7 +171,7 @@ class FileWatcher:
         """
         waiter = _Waiter(dict(known))
         with self._lock:
-            self._waiters.append(waiter)
+            self._waiters.add(waiter)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._poll_forever, name="apbd-log-watcher",
                                                 daemon=True)
@@ -181,7 +181,7 @@ class FileWatcher:
             return waiter.event.wait(timeout)
         finally:
             with self._lock:
-                self._waiters.remove(waiter)
+                self._waiters.discard(waiter)
 
     def _poll_forever(self) -> None:
         while True:

@@ -159,28 +159,32 @@ class BuildStream:
 
     def follow_build(self):
         sent_state = None
+        changed = True
         heartbeat_at = time.monotonic() + self.heartbeat_s
         while True:
-            status, status_signature = self.read_state()
-            if status is None:
-                log.info("build %s: job folder gone, ending its stream", self.build_id)
-                yield b": the build's job folder was removed\n\n"
-                return
-            state = status.get("status")
-            if state != sent_state:
-                yield encode_event("status", json.dumps({"status": state}), self.follower.next_line)
-                sent_state = state
+            # Files are read again only when the watcher saw them change, so
+            # an idle stream costs a wake-up per DISCONNECT_CHECK_S and no I/O.
+            if changed:
+                status, status_signature = self.read_state()
+                if status is None:
+                    log.info("build %s: job folder gone, ending its stream", self.build_id)
+                    yield b": the build's job folder was removed\n\n"
+                    return
+                state = status.get("status")
+                if state != sent_state:
+                    yield encode_event("status", json.dumps({"status": state}), self.follower.next_line)
+                    sent_state = state
 
-            finished = state in spool_format.TERMINAL_STATES
-            if finished:
-                # The runner may append its last lines just after the final status.
-                yield from self.send_new_lines(final=False)
-                time.sleep(SETTLE_S)
-            yield from self.send_new_lines(final=finished)
-            if finished:
-                result = {"status": state, "exit_code": status.get("exit_code")}
-                yield encode_event("complete", json.dumps(result), self.follower.next_line)
-                return
+                finished = state in spool_format.TERMINAL_STATES
+                if finished:
+                    # The runner may append its last lines just after the final status.
+                    yield from self.send_new_lines(final=False)
+                    time.sleep(SETTLE_S)
+                yield from self.send_new_lines(final=finished)
+                if finished:
+                    result = {"status": state, "exit_code": status.get("exit_code")}
+                    yield encode_event("complete", json.dumps(result), self.follower.next_line)
+                    return
 
             now = time.monotonic()
             if now >= heartbeat_at:
@@ -189,7 +193,7 @@ class BuildStream:
             timeout = heartbeat_at - now
             if self.client_disconnected is not None:
                 timeout = min(timeout, DISCONNECT_CHECK_S)
-            self.follower.wait(max(0.0, timeout), also=status_signature)
+            changed = self.follower.wait(max(0.0, timeout), also=status_signature)
             if self.client_disconnected is not None and self.client_disconnected():
                 log.debug("build %s: stream client went away", self.build_id)
                 return
