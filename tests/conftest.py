@@ -11,14 +11,13 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from apbd.spool import Spool  # noqa: E402
-from tests.support.servers import Runner, WebServer  # noqa: E402
-
-EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
+from tests.support.servers import Runner, WebServer, make_reachable  # noqa: E402
 
 
 @pytest.fixture
 def spool(tmp_path) -> Spool:
-    """An empty spool with all its folders, under the test's tmp_path."""
+    """An empty spool with all its folders, under the test's tmp_path, reachable by the build user."""
+    make_reachable(tmp_path)
     spool = Spool(tmp_path / "spool")
     spool.create()
     return spool
@@ -44,3 +43,31 @@ def runner(spool, tmp_path):
 def apbd_server(web_server, runner):
     """A web server and a runner on one spool; the value is the WebServer (use .url)."""
     return web_server
+
+
+class ServerSet:
+    """A spool with one apbd-web and one apbd-runner on it."""
+
+    def __init__(self, root: Path, runner_args: list[str] = ()):
+        make_reachable(root)
+        self.spool = Spool(root / "spool")
+        self.spool.create()
+        self.web = WebServer(self.spool.root, root)
+        try:
+            self.runner = Runner(self.spool.root, root, list(runner_args))
+        except Exception:
+            self.web.stop()
+            raise
+        self.url = self.web.url
+
+    def stop(self) -> None:
+        self.runner.stop()
+        self.web.stop()
+
+
+@pytest.fixture(scope="module")
+def module_server(tmp_path_factory):
+    """One web server and runner shared by the tests of a module, on its own spool."""
+    servers = ServerSet(tmp_path_factory.mktemp("apbd"))
+    yield servers
+    servers.stop()

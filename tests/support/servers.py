@@ -32,6 +32,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def make_reachable(path: Path) -> None:
+    """Let every user enter path and the folders above it under /tmp.
+
+    pytest makes /tmp/pytest-of-USER private (mode 0700), but the runner starts
+    makepkg and bwrap as the build user, which must be able to reach the spool.
+    Only the search (x) bit is added, so nobody can list these folders.
+    """
+    path = Path(path).absolute()
+    for folder in [path, *path.parents]:
+        if folder == Path("/") or folder == Path("/tmp"):
+            break
+        mode = folder.stat().st_mode
+        if mode & 0o011 != 0o011:
+            folder.chmod(mode | 0o011)
+
+
 def child_env(extra: dict | None = None) -> dict:
     """Return the environment for a child: no inherited APB_* settings, the checkout importable."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("APB_")}
