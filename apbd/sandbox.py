@@ -122,9 +122,13 @@ def sandbox_argv(command: list[str], *, writable: list[Path] = (), readable: lis
             argv += ["--symlink", os.readlink(path), str(path)]
         elif path.is_dir():
             argv += ["--ro-bind", str(path), str(path)]
-    argv += ["--ro-bind", "/etc", "/etc",
-             "--ro-bind-try", "/var/lib/pacman", "/var/lib/pacman",
-             "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/var/tmp"]
+    argv += ["--ro-bind", "/etc", "/etc"]
+    # makepkg asks pacman for the installed packages (.BUILDINFO); an empty database answers.
+    if os.path.isdir("/var/lib/pacman/local"):
+        argv += ["--ro-bind", "/var/lib/pacman", "/var/lib/pacman"]
+    else:
+        argv += ["--dir", "/var/lib/pacman/local"]
+    argv += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/var/tmp"]
     # Arch's /bin/sh is bash; Debian's is dash, and test suites notice.
     bash = shutil.which("bash", path="/usr/bin:/bin")
     if bash and os.path.realpath("/usr/bin/sh") != os.path.realpath(bash):

@@ -1,0 +1,1 @@
+"""apbd-runner: claims queued jobs from the spool and builds them (see apbd.runner.daemon)."""

@@ -1,0 +1,3 @@
+from apbd.runner.main import main
+
+raise SystemExit(main())

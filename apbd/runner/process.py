@@ -1,0 +1,209 @@
+"""One build's process tree: start it, copy its output to build.log, stop it.
+
+A build runs in its own session (so its own process group) with stdin on
+/dev/null and stdout and stderr merged into one pipe. The runner copies that
+pipe to build.log as the bytes arrive, in small chunks, so the build never
+blocks on a full pipe and the runner keeps nothing of the output in memory.
+
+Every build process carries APBD_BUILD_ID=<id> in its environment. Stopping a
+build signals its process group, every descendant of the first process, and
+every process that carries the tag: a child that called setsid has left the
+group but still carries the tag (and inside bwrap it also dies with bwrap's
+PID namespace).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+log = logging.getLogger(__name__)
+
+BUILD_ID_ENV = "APBD_BUILD_ID"
+# Bytes read from the build's pipe at a time; this bounds the runner's memory per build.
+READ_CHUNK = 64 * 1024
+
+
+@dataclass
+class Command:
+    """What to start for a build: argv, folder, environment and Popen user arguments."""
+
+    argv: list[str]
+    cwd: Path
+    env: dict
+    popen_kwargs: dict = field(default_factory=dict)
+
+
+class BuildProcess:
+    """A started build whose merged output is appended to a log file."""
+
+    def __init__(self, build_id: str, command: Command, log_path: Path):
+        self.build_id = build_id
+        env = dict(command.env)
+        env[BUILD_ID_ENV] = build_id
+        self.log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            self.proc = subprocess.Popen(command.argv, cwd=str(command.cwd), env=env,
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                         stderr=subprocess.STDOUT, start_new_session=True,
+                                         **command.popen_kwargs)
+        except BaseException:
+            os.close(self.log_fd)
+            raise
+        self.pid = self.proc.pid
+        self.pgid = self.pid
+        try:
+            self.create_time = psutil.Process(self.pid).create_time()
+        except psutil.Error:
+            self.create_time = None
+        self.pipe_fd = self.proc.stdout.fileno()
+        self.poller = select.poll()
+        self.poller.register(self.pipe_fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+        self.eof = False
+        self.last_output = time.monotonic()
+        self.bytes_written = 0
+
+    def pump(self, timeout_s: float) -> None:
+        """Copy what the build printed to the log, waiting up to timeout_s for the first bytes."""
+        if self.eof:
+            time.sleep(timeout_s)
+            return
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining = max(0.0, deadline - time.monotonic())
+            if not self.poller.poll(int(remaining * 1000)):
+                return
+            data = os.read(self.pipe_fd, READ_CHUNK)
+            if not data:
+                self.eof = True
+                return
+            self.last_output = time.monotonic()
+            self._write_log(data)
+            if time.monotonic() >= deadline:
+                return
+
+    def _write_log(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(self.log_fd, view)
+            self.bytes_written += written
+            view = view[written:]
+
+    def exited(self) -> bool:
+        return self.proc.poll() is not None
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode
+
+    def signal_tree(self, signum: int) -> list[int]:
+        """Send signum to every process of this build; return the pids signalled."""
+        return signal_build(self.build_id, signum, pid=self.pid, pgid=self.pgid)
+
+    def close(self) -> None:
+        """Reap the first process and close the pipe and the log (after the tree is gone)."""
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            log.error("build %s: process %d did not exit after SIGKILL", self.build_id, self.pid)
+        self.proc.stdout.close()
+        os.close(self.log_fd)
+
+
+def tagged_processes(build_id: str) -> list[psutil.Process]:
+    """Return the live processes whose environment carries APBD_BUILD_ID=build_id."""
+    found = []
+    for proc in psutil.process_iter():
+        if proc.pid == os.getpid():
+            continue
+        try:
+            if proc.environ().get(BUILD_ID_ENV) == build_id:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+            continue
+    return found
+
+
+def build_processes(build_id: str, pid: int | None = None, pgid: int | None = None,
+                    started: float | None = None) -> list[psutil.Process]:
+    """Return the live processes of a build: its first process and descendants, its group, its tag.
+
+    started is the first process's psutil create_time; a pid whose start time
+    differs belongs to another process now and is left alone.
+    """
+    found: dict[int, psutil.Process] = {}
+    if pid is not None:
+        try:
+            first = psutil.Process(pid)
+            if started is None or abs(first.create_time() - started) < 0.01:
+                found[first.pid] = first
+                for child in first.children(recursive=True):
+                    found[child.pid] = child
+            else:
+                pgid = None
+        except psutil.Error:
+            pass
+    if pgid is not None:
+        for proc in psutil.process_iter():
+            try:
+                if os.getpgid(proc.pid) == pgid and proc.pid != os.getpid():
+                    found[proc.pid] = proc
+            except (OSError, psutil.Error):
+                continue
+    for proc in tagged_processes(build_id):
+        found[proc.pid] = proc
+    return [p for p in found.values() if _alive(p)]
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def signal_build(build_id: str, signum: int, pid: int | None = None, pgid: int | None = None,
+                 started: float | None = None) -> list[int]:
+    """Send signum to every live process of the build; return their pids."""
+    signalled = []
+    for proc in build_processes(build_id, pid, pgid, started):
+        try:
+            proc.send_signal(signum)
+            signalled.append(proc.pid)
+        except psutil.Error:
+            continue
+    return signalled
+
+
+def kill_build(build_id: str, pid: int | None = None, pgid: int | None = None,
+               started: float | None = None, grace_s: float = 10.0) -> list[str]:
+    """Stop every process of a build: SIGTERM, then SIGKILL after grace_s; return what was found.
+
+    Each entry reads "PID (NAME)". Used where nobody drains the build's
+    output any more, such as recovery after a runner died.
+    """
+    procs = build_processes(build_id, pid, pgid, started)
+    found = []
+    for proc in procs:
+        try:
+            found.append(f"{proc.pid} ({proc.name()})")
+        except psutil.Error:
+            found.append(str(proc.pid))
+    if not procs:
+        return found
+    signal_build(build_id, signal.SIGTERM, pid, pgid, started)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if not build_processes(build_id, pid, pgid, started):
+            return found
+        time.sleep(0.1)
+    signal_build(build_id, signal.SIGKILL, pid, pgid, started)
+    return found
