@@ -1,0 +1,325 @@
+"""The JSON routes of the APB server API for builds: submit, status, output, files, cancel, and GET /.
+
+Every handler reads the spool, shapes one response and raises ApiError for
+anything a client got wrong; app.py turns those into {"error", "detail"}.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+
+import bottle
+
+from apbd import API_VERSION, limits
+from apbd import spool as spool_format
+from apbd.errors import ApiError, not_found
+from apbd.web import files, upload
+
+log = logging.getLogger(__name__)
+
+# Seconds GET / reuses its count of queued and running builds; the farm polls
+# it often and caches the answer for 90 s anyway.
+QUEUE_COUNT_CACHE_S = 1.0
+# A runner whose heartbeat is older than this is treated as gone.
+RUNNER_ALIVE_S = 3 * limits.HEARTBEAT_INTERVAL_S
+# Fields copied into status-api, when status.json has them, besides the file lists.
+STATUS_API_FIELDS = ("build_id", "pkgname", "status", "created_at", "start_time", "end_time", "duration",
+                     "exit_code", "build_timeout", "arch", "pkgbase", "pkgnames", "pkgver", "pkgrel", "epoch",
+                     "version", "output_timeout", "reason", "builder", "clean_chroot")
+TIME_FIELDS = ("created_at", "start_time", "end_time")
+
+
+# Parameters
+
+
+def int_param(name: str, default: int, minimum: int, maximum: int | None = None) -> int:
+    """Read an integer query parameter; raise 400 below minimum, clamp above maximum."""
+    raw = bottle.request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, "Invalid parameter", f"{name} must be a whole number, not {raw!r}") from None
+    if value < minimum:
+        raise ApiError(400, "Invalid parameter", f"{name} must be {minimum} or more, not {value}")
+    return min(value, maximum) if maximum is not None else value
+
+
+def bool_param(name: str, default: bool) -> bool:
+    raw = bottle.request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("true", "1", "yes", "on"):
+        return True
+    if raw.lower() in ("false", "0", "no", "off"):
+        return False
+    raise ApiError(400, "Invalid parameter", f"{name} must be true or false, not {raw!r}")
+
+
+def prefers_html() -> bool:
+    """Tell whether the client asked for HTML rather than JSON (a browser does)."""
+    accept = bottle.request.get_header("Accept", "")
+    if "text/html" not in accept:
+        return False
+    if "application/json" not in accept:
+        return True
+    return accept.index("text/html") < accept.index("application/json")
+
+
+# Reading builds
+
+
+def read_status(ctx, build_id: str) -> dict:
+    """Return the status.json of build_id, or raise 404."""
+    if not ctx.spool.exists(build_id):
+        raise not_found(build_id)
+    status = ctx.spool.read_status(build_id)
+    if status is None:
+        raise not_found(build_id)
+    return status
+
+
+def status_api(ctx, build_id: str) -> dict:
+    """Build the status-api object: numbers for times, arch as a list, never a null field."""
+    status = read_status(ctx, build_id)
+    result = {k: status[k] for k in STATUS_API_FIELDS if status.get(k) is not None}
+    arch = result.get("arch")
+    result["arch"] = arch if isinstance(arch, list) else ([arch] if arch else [])
+    listing = files.list_files(ctx.spool, build_id)
+    result["packages"] = files.short_items(listing["packages"])
+    result["logs"] = files.short_items(listing["logs"])
+    return result
+
+
+def artifacts_ready(ctx, status: dict) -> bool:
+    """Tell whether a build is finished and its files are in place for downloading."""
+    if status.get("status") not in spool_format.TERMINAL_STATES:
+        return False
+    job = ctx.spool.job_dir(status["build_id"])
+    if (job / spool_format.CLAIMED_MARKER).exists():
+        return False
+    return status["status"] == spool_format.CANCELLED or bool(status["logs"])
+
+
+def build_details(ctx, build_id: str) -> dict:
+    """Build the GET /build/ID JSON: status-api with ISO times, plus the sources."""
+    result = status_api(ctx, build_id)
+    for name in TIME_FIELDS:
+        if name in result:
+            result[name] = files.iso_time(result[name])
+    result["sources"] = files.short_items(files.list_files(ctx.spool, build_id)["sources"])
+    return result
+
+
+# GET /
+
+
+class QueueCounter:
+    """Counts queued and claimed jobs, scanning the markers at most once per QUEUE_COUNT_CACHE_S."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._at = 0.0
+        self._counts = (0, 0)
+
+    def counts(self, spool) -> tuple[int, int]:
+        with self._lock:
+            if time.monotonic() - self._at < QUEUE_COUNT_CACHE_S:
+                return self._counts
+            queued = claimed = 0
+            with os.scandir(spool.jobs) as entries:
+                for entry in entries:
+                    if not spool_format.is_build_id(entry.name):
+                        continue
+                    if os.path.exists(os.path.join(entry.path, spool_format.QUEUED_MARKER)):
+                        queued += 1
+                    elif os.path.exists(os.path.join(entry.path, spool_format.CLAIMED_MARKER)):
+                        claimed += 1
+            self._counts = (queued, claimed)
+            self._at = time.monotonic()
+            return self._counts
+
+
+def read_runners(spool) -> list[dict]:
+    """Return the state files of the runners whose heartbeat is recent."""
+    alive = []
+    now = time.time()
+    try:
+        paths = sorted(spool.runners.glob("*.json"))
+    except FileNotFoundError:
+        return []
+    for path in paths:
+        try:
+            state = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            continue
+        if isinstance(state, dict) and now - float(state.get("heartbeat", 0)) <= RUNNER_ALIVE_S:
+            alive.append(state)
+    return alive
+
+
+def queue_status(ctx, counter: QueueCounter) -> dict:
+    """Build queue_status with every field the farm reads for load balancing."""
+    from apbd.web.history import history_count
+
+    queued, claimed = counter.counts(ctx.spool)
+    runners = read_runners(ctx.spool)
+    running_ids = [build_id for r in runners for build_id in r.get("running", [])]
+    recreation_builds = [b for r in runners for b in r.get("buildroot_recreation_builds", [])]
+    max_concurrent = sum(int(r.get("max_concurrent", 0)) for r in runners)
+    if not max_concurrent:
+        max_concurrent = getattr(ctx.args, "max_concurrent", None) or limits.MAX_CONCURRENT_DEFAULT
+    current = len(running_ids) if runners else claimed
+
+    current_build = None
+    for build_id in running_ids:
+        status = ctx.spool.read_status(build_id) if ctx.spool.exists(build_id) else None
+        if status:
+            current_build = {"build_id": build_id, "pkgname": status.get("pkgname"),
+                             "status": status.get("status"), "start_time": status.get("start_time"),
+                             "buildroot_recreation": build_id in recreation_builds}
+            break
+    return {
+        "current_builds_count": current,
+        "queued_builds": queued,
+        "max_concurrent_builds": max_concurrent,
+        "current_build": current_build,
+        "total_active_builds": current + queued,
+        "build_history_count": history_count(ctx.spool),
+        "buildroot_recreation_count": sum(int(r.get("buildroot_recreation_count", 0)) for r in runners),
+        "buildroot_recreation_builds": recreation_builds,
+        "server_busy_with_buildroot": any(bool(r.get("server_busy_with_buildroot")) for r in runners),
+    }
+
+
+def builder_info(ctx) -> dict:
+    """Describe the builder the runners use, from their state files."""
+    runners = read_runners(ctx.spool)
+    if not runners:
+        return {"name": None, "runners": [],
+                "note": "No runner is alive: builds stay queued until apbd-runner starts"}
+    first = runners[0]
+    info = {"name": first.get("builder"), "clean_chroot": bool(first.get("clean_chroot")),
+            "sandbox": first.get("sandbox"), "runners": [r.get("runner_id") for r in runners]}
+    if first.get("builder_note"):
+        info["note"] = first["builder_note"]
+    return info
+
+
+def system_info(ctx) -> dict:
+    """Return the resource monitor's last sample; nothing is measured inside the request."""
+    monitor = getattr(ctx, "monitor", None)
+    if monitor is not None:
+        return monitor.snapshot()
+    return {"architecture": ctx.architecture}
+
+
+def server_info(ctx, counter: QueueCounter) -> dict:
+    return {
+        "status": "running",
+        "version": API_VERSION,
+        "supported_architecture": ctx.architecture,
+        "system_info": system_info(ctx),
+        "queue_status": queue_status(ctx, counter),
+        "builder": builder_info(ctx),
+    }
+
+
+# Cancelling
+
+
+def cancel_build(ctx, build_id: str) -> dict:
+    """Cancel a queued build at once, or ask the runner to stop a running one.
+
+    A build already cancelled answers 200 again, so a retried cancel succeeds.
+    A completed or failed build cannot be cancelled: 409 with the reason.
+    """
+    status = read_status(ctx, build_id)
+    state = status.get("status")
+    if state == spool_format.CANCELLED:
+        return {"success": True, "message": "Build was already cancelled"}
+    if state in spool_format.TERMINAL_STATES:
+        raise ApiError(409, "Build already finished",
+                       f"Build '{build_id}' is already {state}; only queued or building builds can be cancelled")
+    if ctx.spool.cancel_if_queued(build_id):
+        log.info("build %s cancelled before it started", build_id)
+        return {"success": True, "message": "Build cancelled successfully"}
+    ctx.spool.request_cancel(build_id)
+    log.info("build %s: cancel requested from the runner", build_id)
+    return {"success": True, "message": "Build cancellation requested; the runner stops it within seconds"}
+
+
+# Routes
+
+
+def install(app: bottle.Bottle, ctx) -> None:
+    """Add the build routes and GET / to app."""
+    counter = QueueCounter()
+
+    @app.get("/")
+    def get_index():
+        info = server_info(ctx, counter)
+        pages = getattr(ctx, "pages", None)
+        if pages is not None and prefers_html():
+            return pages.render_index(ctx, info)
+        return info
+
+    @app.post("/build")
+    def post_build():
+        return upload.submit_build(ctx)
+
+    @app.get("/build/<build_id>")
+    def get_build(build_id):
+        info = build_details(ctx, build_id)
+        pages = getattr(ctx, "pages", None)
+        if pages is not None and prefers_html():
+            return pages.render_build(ctx, build_id, info)
+        return info
+
+    @app.get("/build/<build_id>/status-api")
+    def get_status_api(build_id):
+        return status_api(ctx, build_id)
+
+    @app.get("/build/<build_id>/status")
+    def get_status(build_id):
+        result = status_api(ctx, build_id)
+        result["artifacts_ready"] = artifacts_ready(ctx, result)
+        return result
+
+    @app.get("/build/<build_id>/output")
+    def get_output(build_id):
+        read_status(ctx, build_id)
+        start_index = int_param("start_index", 0, 0)
+        limit = int_param("limit", limits.OUTPUT_LIMIT_DEFAULT, 1, limits.OUTPUT_LIMIT_MAX)
+        lines, total = files.read_output(ctx.spool, build_id, start_index, limit)
+        return {"output": lines, "total_lines": total, "start_index": start_index, "returned_lines": len(lines)}
+
+    @app.route("/build/<build_id>/download/<filename>", method=["GET", "HEAD"])
+    def get_download(build_id, filename):
+        read_status(ctx, build_id)
+        path = files.resolve_file(ctx.spool, build_id, filename)
+        if path is None:
+            raise files.file_not_found(filename)
+        return files.send_file(path, filename)
+
+    @app.get("/build/<build_id>/packages")
+    def get_packages(build_id):
+        read_status(ctx, build_id)
+        return {"build_id": build_id, "packages": files.list_files(ctx.spool, build_id)["packages"]}
+
+    @app.post("/build/<build_id>/cancel")
+    def post_cancel(build_id):
+        return cancel_build(ctx, build_id)
+
+    @app.post("/admin/cleanup")
+    def post_cleanup():
+        from apbd.cleanup import run_cleanup
+
+        result = run_cleanup(ctx.spool)
+        return {"success": result["success"], "message": result["message"], "cleanup_id": result["cleanup_id"],
+                "removed_count": len(result.get("removed", [])), "errors": result.get("errors", [])}

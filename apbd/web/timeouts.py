@@ -1,0 +1,263 @@
+"""Request timeouts: 408 for uploads that do not arrive in time and handlers that take too long.
+
+Two places enforce them, because waitress reads a whole request before any
+WSGI code runs:
+
+- While a request arrives, waitress's event loop owns it. TimeoutChannel and
+  the server's maintenance hook answer 408 (and close the connection) when a
+  request has not fully arrived within the submit timeout, or has sent nothing
+  for the channel timeout. waitress keeps such a body in an unlinked temporary
+  file, so closing the connection removes it.
+- Once it has arrived, TimeoutMiddleware runs the handler in a pool thread and
+  answers 408 itself when the handler has not returned within the submit
+  timeout (POST /build) or the request timeout (everything else). The waitress
+  worker is free again at once. Python cannot stop a thread, so the handler runs
+  on: it sees its Deadline expired at the next check(), removes its partial
+  files and raises, and commit() makes sure it never publishes after a 408.
+
+Streams (/build/ID/stream) and file downloads have no timeout: the middleware
+only times the handler, and a download's body is sent after the handler returns.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+
+from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser
+from waitress.server import BaseWSGIServer
+from waitress.task import ErrorTask
+from waitress.utilities import Error as WaitressError
+
+from apbd.errors import ApiError
+
+log = logging.getLogger(__name__)
+
+TIMEOUT_ERROR = "Request timeout"
+TIMEOUT_DETAIL = "Request took too long to process"
+
+_local = threading.local()
+
+
+class Deadline:
+    """The time by which one request must be answered, shared by its handler and the middleware."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+        self._lock = threading.Lock()
+        self._expired = False
+        self._committed = False
+
+    def remaining(self) -> float:
+        return max(0.0, self.at - time.monotonic())
+
+    def expire(self) -> bool:
+        """Mark the request as timed out; return False when the handler already committed."""
+        with self._lock:
+            if self._committed:
+                return False
+            self._expired = True
+            return True
+
+    def check(self) -> None:
+        """Raise ApiError 408 when the middleware has given up on this request."""
+        if self._expired or time.monotonic() > self.at + 1.0:
+            raise timeout_error()
+
+    def commit(self) -> None:
+        """Promise the middleware to wait for the result; raise 408 when it is too late for that."""
+        with self._lock:
+            if self._expired:
+                raise timeout_error()
+            self._committed = True
+
+
+class _NoDeadline(Deadline):
+    def __init__(self):
+        super().__init__(float("inf"))
+
+
+def timeout_error() -> ApiError:
+    return ApiError(408, TIMEOUT_ERROR, TIMEOUT_DETAIL)
+
+
+def current_deadline() -> Deadline:
+    """Return the deadline of the request this thread serves (none outside the middleware)."""
+    return getattr(_local, "deadline", None) or _NoDeadline()
+
+
+def is_streaming(environ: dict) -> bool:
+    return environ.get("PATH_INFO", "").endswith("/stream")
+
+
+def is_submission(environ: dict) -> bool:
+    return environ.get("REQUEST_METHOD") == "POST" and environ.get("PATH_INFO", "").rstrip("/") == "/build"
+
+
+def json_body(status: int, error: str, detail: str) -> bytes:
+    return json.dumps({"error": error, "detail": detail}).encode()
+
+
+class TimeoutMiddleware:
+    """WSGI middleware that answers 408 when the wrapped app does not return in time."""
+
+    def __init__(self, app, *, submit_timeout: float, request_timeout: float, workers: int):
+        self.app = app
+        self.submit_timeout = submit_timeout
+        self.request_timeout = request_timeout
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="apbd-handler")
+
+    def __call__(self, environ, start_response):
+        if is_streaming(environ):
+            return self.app(environ, start_response)
+        seconds = self.submit_timeout if is_submission(environ) else self.request_timeout
+        deadline = Deadline(seconds)
+        started: list = []
+
+        def capture_start(status, headers, exc_info=None):
+            started[:] = [status, headers, exc_info]
+            return lambda data: None
+
+        def run():
+            if deadline._expired:
+                return []
+            _local.deadline = deadline
+            try:
+                return self.app(environ, capture_start)
+            finally:
+                _local.deadline = None
+
+        future = self.executor.submit(run)
+        try:
+            body = future.result(timeout=deadline.remaining())
+        except FutureTimeout:
+            if deadline.expire():
+                log.warning("%s %s timed out after %g s: answered 408", environ.get("REQUEST_METHOD"),
+                            environ.get("PATH_INFO"), seconds)
+                future.add_done_callback(close_late_body)
+                start_response("408 Request Timeout", [("Content-Type", "application/json")])
+                return [json_body(408, TIMEOUT_ERROR, TIMEOUT_DETAIL)]
+            body = future.result()
+        start_response(*started)
+        return body
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def close_late_body(future) -> None:
+    """Close the body of a response nobody will send any more."""
+    if future.cancelled() or future.exception() is not None:
+        return
+    body = future.result()
+    if hasattr(body, "close"):
+        body.close()
+
+
+# waitress: uploads that do not arrive in time
+
+
+class RequestTimeout(WaitressError):
+    code = 408
+    reason = "Request Timeout"
+
+
+# waitress's own error reasons, in the words of the API's error titles.
+WAITRESS_ERROR_TITLES = {
+    400: "Bad request",
+    408: TIMEOUT_ERROR,
+    413: "File too large",
+    431: "Request header fields too large",
+    500: "Internal server error",
+    501: "Not implemented",
+}
+
+
+class JsonErrorTask(ErrorTask):
+    """waitress's error answer, in the API's JSON shape instead of plain text."""
+
+    def execute(self):
+        error = self.request.error
+        title = WAITRESS_ERROR_TITLES.get(error.code, error.reason)
+        detail = str(error.body)
+        if error.code == 413:
+            detail = f"Request body {detail}"
+        body = json_body(error.code, title, detail)
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers.append(("Content-Type", "application/json"))
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
+class TimedParser(HTTPRequestParser):
+    """waitress's request parser, remembering when the request's first bytes arrived."""
+
+    def __init__(self, adj):
+        super().__init__(adj)
+        self.started = time.monotonic()
+
+
+class TimeoutChannel(HTTPChannel):
+    error_task_class = JsonErrorTask
+    parser_class = TimedParser
+    timed_out = False
+
+    def received(self, data):
+        # After a 408 the rest of the body is read and dropped, never parsed as a request.
+        if self.timed_out:
+            return False
+        return super().received(data)
+
+    def answer_timeout(self, detail: str) -> None:
+        """Answer the request still arriving with 408 and close the connection after it."""
+        with self.requests_lock:
+            request = self.request
+            if request is None or request.completed:
+                return
+            request.error = RequestTimeout(detail)
+            request.completed = True
+            self.request = None
+            self.timed_out = True
+            self.requests.append(request)
+            if len(self.requests) == 1:
+                self.server.add_task(self)
+
+
+def find_late_requests(server: BaseWSGIServer, now_monotonic: float, submit_timeout: float,
+                       idle_timeout: float) -> None:
+    cutoff = time.time() - idle_timeout
+    for channel in list(server.active_channels.values()):
+        request = getattr(channel, "request", None)
+        if not isinstance(channel, TimeoutChannel) or request is None or request.completed:
+            continue
+        if not getattr(request, "started", None) or not request.header_bytes_received:
+            continue
+        if now_monotonic - request.started > submit_timeout:
+            log.warning("request from %s not fully received within %g s: answered 408", channel.addr,
+                        submit_timeout)
+            channel.answer_timeout(f"The request did not arrive completely within {submit_timeout:g} s")
+        elif channel.last_activity < cutoff:
+            log.warning("request from %s sent nothing for %g s: answered 408", channel.addr, idle_timeout)
+            channel.answer_timeout(f"The client sent nothing for {idle_timeout:g} s")
+
+
+def install_on_server(server, *, submit_timeout: float, idle_timeout: float) -> None:
+    """Make a waitress server (from create_server) answer late uploads with 408 and errors in JSON."""
+    servers = [server] if isinstance(server, BaseWSGIServer) else [
+        s for s in getattr(server, "map", {}).values() if isinstance(s, BaseWSGIServer)]
+    for one in servers:
+        one.channel_class = TimeoutChannel
+        plain_maintenance = one.maintenance
+
+        def maintenance(now, one=one, plain_maintenance=plain_maintenance):
+            find_late_requests(one, time.monotonic(), submit_timeout, idle_timeout)
+            plain_maintenance(now)
+
+        one.maintenance = maintenance
