@@ -1,0 +1,51 @@
+"""History at scale: /builds/latest and /builds/pkgname/{p} over 100,000 builds against 100 builds."""
+
+from __future__ import annotations
+
+from bench import history_gen, procs
+from bench.load import Prober
+from bench.report import Row, fmt_ms, fmt_ratio
+from bench.stats import percentile
+
+GOAL_P50_S = 0.010
+GOAL_RATIO = 2.0
+SMALL_COUNT = 100
+QUERIES = {
+    "history /builds/latest?limit=10": "/builds/latest?limit=10",
+    "history /builds/pkgname/{p}?limit=5": f"/builds/pkgname/{history_gen.TARGET_PKGNAME}?limit=5",
+}
+ROWS = [(label, "p50 <= 10 ms and <= 2x at 100 builds") for label in QUERIES]
+ROUNDS = 5
+
+
+def run(ctx) -> list[Row]:
+    large_count = ctx.pick(100_000, 2_000)
+    folder = ctx.folder("history")
+    large, small = ctx.spool(folder / "large"), ctx.spool(folder / "small")
+    ctx.say(f"history: writing {large_count} finished builds")
+    history_gen.fill(large, large_count)
+    history_gen.fill(small, SMALL_COUNT)
+    per_round = ctx.pick(40, 5)
+    times = {(label, size): [] for label in QUERIES for size in ("large", "small")}
+    with procs.start_web(large.root, folder) as web_large, procs.start_web(small.root, folder) as web_small:
+        probers = {"large": Prober(web_large.url), "small": Prober(web_small.url)}
+        for label, path in QUERIES.items():
+            for size, prober in probers.items():
+                _, status, body = prober.get(path)
+                if status != 200 or b"build_id" not in body:
+                    raise RuntimeError(f"GET {path} on {size} spool answered {status}: {body[:200]!r}")
+                prober.timings(path, 3)
+        for _ in range(ctx.pick(ROUNDS, 2)):
+            for label, path in QUERIES.items():
+                for size, prober in probers.items():
+                    times[(label, size)] += prober.timings(path, per_round)
+    rows = []
+    for label in QUERIES:
+        a = percentile(times[(label, "large")], 0.5)
+        f = percentile(times[(label, "small")], 0.5)
+        p99 = percentile(times[(label, "large")], 0.99)
+        rows.append(Row(label, fmt_ms(a), fmt_ms(f), fmt_ratio(a, f), "p50 <= 10 ms and <= 2x at 100 builds",
+                        a <= GOAL_P50_S and a <= GOAL_RATIO * f,
+                        f"p50 with {large_count} builds vs {SMALL_COUNT} builds (floor column); "
+                        f"p99 {fmt_ms(p99)}"))
+    return rows
