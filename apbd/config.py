@@ -38,6 +38,13 @@ def _positive(value: str) -> int:
     return number
 
 
+def _non_negative(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return number
+
+
 def _build_timeout(value: str) -> int:
     number = int(value)
     if not limits.BUILD_TIMEOUT_MIN_S <= number <= limits.BUILD_TIMEOUT_MAX_S:
@@ -80,6 +87,8 @@ RUNNER_OPTIONS = [
            _build_timeout),
     Option("--builder", "APB_BUILDER", "auto",
            "auto, makechrootpkg or makepkg; auto uses makechrootpkg where devtools is installed"),
+    Option("--buildroot-autorecreate", "APB_BUILDROOT_AUTORECREATE", 0,
+           "recreate the buildroot with mkarchroot after this many builds; 0 never does", _non_negative),
 ]
 
 SHARED_OPTIONS = [
