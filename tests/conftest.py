@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,32 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from apbd.spool import Spool  # noqa: E402
 from tests.support.servers import Runner, WebServer, make_reachable  # noqa: E402
+
+
+# Temporary folders of test sessions that did not choose --basetemp.
+SESSION_TMP_PARENT = Path("/var/tmp/apbd-tests")
+
+
+def pytest_configure(config):
+    """Give this session its own temporary folder outside /tmp/pytest-of-USER.
+
+    pytest keeps /tmp/pytest-of-USER at mode 0700 and removes the oldest
+    session folders there, also while another session still uses them. The
+    build user must reach the spools, and several test sessions may run at
+    once, so each session gets a folder of its own that only it removes.
+    """
+    if config.option.basetemp or hasattr(config, "workerinput"):
+        return
+    SESSION_TMP_PARENT.mkdir(mode=0o711, parents=True, exist_ok=True)
+    config.option.basetemp = tempfile.mkdtemp(prefix="session-", dir=SESSION_TMP_PARENT)
+    config._apbd_session_tmp = config.option.basetemp
+
+
+def pytest_unconfigure(config):
+    """Remove this session's temporary folder unless APBD_KEEP_TEST_TMP is set."""
+    folder = getattr(config, "_apbd_session_tmp", None)
+    if folder and not os.environ.get("APBD_KEEP_TEST_TMP"):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

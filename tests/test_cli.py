@@ -50,10 +50,15 @@ def test_submit_split_package_lands_under_arch(module_server, tmp_path):
     result = run_apbd("submit", str(EXAMPLES_DIR / "tally"), "--server", module_server.url,
                       "--output", str(output), "--quiet")
     assert result.returncode == 0, result.stderr + result.stdout
-    names = sorted(p.name for p in (output / arch).iterdir())
+    assert "Making package" not in result.stdout
+
+    # Like the APB client, apbd submit names the folder after the first item of the build's arch.
+    build_id = re.search(r"^build_id: (\S+)$", result.stdout, re.M).group(1)
+    status = requests.get(f"{module_server.url}/build/{build_id}/status-api", timeout=10).json()
+    folder = output / status["arch"][0]
+    names = sorted(p.name for p in folder.iterdir())
     assert names == sorted([f"libtally-1:2.1.0-3-{arch}.pkg.tar.zst", f"tally-1:2.1.0-3-{arch}.pkg.tar.zst",
                             f"tally-debug-1:2.1.0-3-{arch}.pkg.tar.zst", "build.log"])
-    assert "Making package" not in result.stdout
 
 
 def test_submit_failed_build_exits_nonzero(module_server, tmp_path):

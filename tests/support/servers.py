@@ -33,19 +33,17 @@ def free_port() -> int:
 
 
 def make_reachable(path: Path) -> None:
-    """Let every user enter path and the folders above it under /tmp.
+    """Let every user enter path and the folders above it that this process owns.
 
-    pytest makes /tmp/pytest-of-USER private (mode 0700), but the runner starts
-    makepkg and bwrap as the build user, which must be able to reach the spool.
-    Only the search (x) bit is added, so nobody can list these folders.
+    The runner starts makepkg and bwrap as the build user, which must be able
+    to reach the spool, but pytest makes its temporary folders private (mode
+    0700). Only the search (x) bit is added, so nobody can list these folders.
     """
     path = Path(path).absolute()
     for folder in [path, *path.parents]:
-        if folder == Path("/") or folder == Path("/tmp"):
-            break
-        mode = folder.stat().st_mode
-        if mode & 0o011 != 0o011:
-            folder.chmod(mode | 0o011)
+        info = folder.stat()
+        if info.st_uid == os.getuid() and info.st_mode & 0o011 != 0o011:
+            folder.chmod(info.st_mode & 0o7777 | 0o011)
 
 
 def child_env(extra: dict | None = None) -> dict:
