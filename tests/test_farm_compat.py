@@ -291,6 +291,7 @@ def test_running_build_status_stream_and_cancel(module_server):
 
     url = f"{module_server.url}/build/{build_id}/stream"
     events = []
+    cancelled = False
     with requests.get(url, stream=True, timeout=(10, 120)) as stream:
         assert stream.status_code == 200
         assert stream.headers["Content-Type"].startswith("text/event-stream")
@@ -298,7 +299,8 @@ def test_running_build_status_stream_and_cancel(module_server):
         for event in read_events(stream):
             events.append(event)
             ticks = [e for e in events if e.event == "output" and e.data.startswith("tick ")]
-            if len(ticks) == 3:
+            if len(ticks) == 3 and not cancelled:
+                cancelled = True
                 running = requests.get(f"{module_server.url}/build/{build_id}/status-api", timeout=10).json()
                 assert running["status"] == "building"
                 assert is_number(running["start_time"])
