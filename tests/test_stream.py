@@ -17,6 +17,7 @@ import bottle
 import pytest
 import requests
 import waitress
+from waitress import wasyncore
 
 from apbd import spool as spool_format
 from apbd.spool import Spool
@@ -40,8 +41,11 @@ class LiveServer:
         self.thread.start()
 
     def stop(self):
-        self.server.close()
-        self.server.task_dispatcher.shutdown(cancel_pending=True, timeout=1)
+        # Closing every channel, not only the listener, ends the loop thread
+        # and makes the workers still streaming see a closed client.
+        self.server.task_dispatcher.shutdown(cancel_pending=True, timeout=0.5)
+        wasyncore.close_all(self.server._map)
+        self.thread.join(5)
 
 
 @pytest.fixture
@@ -63,7 +67,14 @@ def make_job(spool: Spool, status: str = spool_format.BUILDING, log: bytes = b""
     staging = spool.make_staging_dir(build_id)
     (staging / spool_format.LOG_FILE).write_bytes(log)
     request = {"build_id": build_id, "created_at": time.time()}
-    assert spool.publish(staging, request, {"build_id": build_id, "status": status, "pkgname": "demo"})
+    assert spool.publish(staging, request, {"build_id": build_id, "status": status, "pkgname": "demo",
+                                            "created_at": request["created_at"]})
+    # Leave the markers a runner would have left at this stage.
+    job = spool.job_dir(build_id)
+    if status == spool_format.BUILDING:
+        (job / spool_format.QUEUED_MARKER).rename(job / spool_format.CLAIMED_MARKER)
+    elif status in spool_format.TERMINAL_STATES:
+        (job / spool_format.QUEUED_MARKER).unlink()
     return build_id
 
 

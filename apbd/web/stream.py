@@ -36,6 +36,7 @@ from pathlib import Path
 import bottle
 
 from apbd import limits, spool as spool_format
+from apbd.errors import not_found
 from apbd.web.logfile import WATCHER, LogFollower, file_signature
 
 log = logging.getLogger(__name__)
@@ -213,7 +214,8 @@ def install(app: bottle.Bottle, ctx) -> None:
     @app.get("/build/<build_id>/stream")
     def stream_build(build_id):
         if not ctx.spool.exists(build_id):
-            return json_error(404, "Build not found", f"Build with ID '{build_id}' not found")
+            error = not_found(build_id)
+            return json_error(error.status, error.error, error.detail)
 
         start_line = parse_last_event_id(bottle.request.get_header("Last-Event-ID")
                                          or bottle.request.query.get("last_event_id"))
