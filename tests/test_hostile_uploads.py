@@ -481,3 +481,55 @@ def test_gzip_bomb_total_size_refused(tmp_path, spool):
         assert_nothing_left(spool, tmp_path, build_id)
     finally:
         server.stop()
+
+
+def test_trickle_upload_times_out(spool, tmp_path):
+    """An upload slower than the submission timeout gets 408, leaves nothing, frees the server."""
+    import psutil
+
+    submit_timeout = 3.0
+    server = WebServer(spool.root, tmp_path, extra_args=["--submit-timeout", str(submit_timeout)])
+    try:
+        boundary = "trickle"
+        body_start = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"build_id\"\r\n\r\n{new_id()}\r\n"
+                      f"--{boundary}\r\nContent-Disposition: form-data; name=\"build_tarball\"; "
+                      f"filename=\"build.tar.gz\"\r\nContent-Type: application/gzip\r\n\r\n").encode()
+        announced = len(body_start) + 1024 * 1024
+        head = (f"POST /build HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+                f"Content-Length: {announced}\r\n\r\n").encode()
+        reply = b""
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(head + body_start)
+            sock.settimeout(0.4)
+            while time.monotonic() - started < submit_timeout * 5:
+                try:
+                    data = sock.recv(65536)
+                except socket.timeout:
+                    data = None
+                if data == b"":
+                    break
+                if data:
+                    reply += data
+                    continue
+                try:
+                    sock.sendall(b"\x1f")
+                except (BrokenPipeError, ConnectionResetError):
+                    break
+            waited = time.monotonic() - started
+        assert reply.startswith(b"HTTP/1.1 408"), reply[:300]
+        assert b'"error"' in reply and b'"detail"' in reply, reply
+        assert waited < submit_timeout + 5, f"408 came after {waited:.1f} s"
+        assert wait_staging_empty(spool) == []
+        assert os.listdir(spool.jobs) == []
+
+        # The worker is free and nothing of the upload stays open.
+        answer = requests.get(server.url + "/", headers={"Accept": "application/json"}, timeout=5)
+        assert answer.status_code == 200
+        open_paths = [f.path for f in psutil.Process(server.pid).open_files()]
+        assert [p for p in open_paths if str(spool.root) in p and "log" not in p] == [], open_paths
+        accepted = submit(server.url, good_tarball(), new_id())
+        assert accepted.status_code == 200, accepted.text
+    finally:
+        server.stop()
