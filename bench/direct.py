@@ -58,3 +58,21 @@ def run(folder: Path, pkgbuild_text: str, log_path: Path | None) -> tuple[float,
         proc = start(paths, out)
         code = proc.wait()
         return time.perf_counter() - started, code
+
+
+def run_together(builds: list[tuple[Path, str]]) -> list[tuple[float, int]]:
+    """Start every (folder, PKGBUILD text) build at once, output to /dev/null; return each (seconds, status)."""
+    started, procs = [], []
+    with open(os.devnull, "wb") as devnull:
+        for folder, text in builds:
+            folder.mkdir(parents=True, exist_ok=True)
+            paths = prepare_work(folder, text)
+            started.append(time.perf_counter())
+            procs.append(start(paths, devnull))
+        ended = [None] * len(procs)
+        while any(e is None for e in ended):
+            for n, proc in enumerate(procs):
+                if ended[n] is None and proc.poll() is not None:
+                    ended[n] = time.perf_counter()
+            time.sleep(0.005)
+    return [(ended[n] - started[n], procs[n].returncode) for n in range(len(procs))]

@@ -38,7 +38,7 @@ def build_through_apbd(url: str, tarball: bytes) -> float:
 
 
 def run(ctx) -> list[Row]:
-    runs = ctx.pick(10, 2)
+    runs = ctx.pick(10, 1)
     folder = ctx.folder("overhead")
     spool = ctx.spool(folder)
     tarball = jobs.tarball_bytes(EXAMPLE)

@@ -44,7 +44,7 @@ def floor_pickup(staging, watched, text: str, name: str) -> float:
 
 
 def run(ctx) -> list[Row]:
-    count = ctx.pick(50, 5)
+    count = ctx.pick(50, 3)
     folder = ctx.folder("pickup")
     spool = ctx.spool(folder)
     staging, watched = folder / "floor-staging", folder / "floor-jobs"

@@ -161,6 +161,7 @@ def add_finished_job(spool: Spool, name: str, files: dict[str, Path | bytes] = N
         else:
             path.write_bytes(content)
     status = finished_status(build_id, name, spool.created_at(build_id), state)
-    status.pop("end_time")
+    for key in ("end_time", "status", "build_id"):
+        status.pop(key)
     spool.finish(claim, state, **status)
     return build_id

@@ -24,8 +24,9 @@ def loud_pkgbuild(name: str, kind: str, size: int) -> tuple[str, int]:
     if kind == "short":
         generator = f"yes '{line[:-1].decode()}' | head -n {count}"
     else:
-        generator = (f"local line; line=$(head -c {len(line) - 1} /dev/zero | tr '\\0' x)\n"
-                     f'  yes "$line" | head -n {count}')
+        # One argument cannot hold 1 MB (MAX_ARG_STRLEN is 128 KiB), so yes(1) cannot print these.
+        generator = (f"python3 -c 'import sys; line = b\"x\" * {len(line) - 1} + bytes([10]); "
+                     f"[sys.stdout.buffer.write(line) for _ in range({count})]'")
     body = f"  echo BENCH-BEGIN\n  {generator}\n  echo BENCH-END"
     return jobs.pkgbuild(name, body), count * len(line)
 
