@@ -10,18 +10,18 @@ import pytest
 
 from apbd import limits
 from apbd.metadata import InvalidPkgbuild, parse_output_timeout, read_srcinfo
-from tests.doubles.builduser import open_for_build_user, write_tree
+from tests.doubles.builduser import build_tmp, open_for_build_user, write_tree  # noqa: F401
 
 BUILD_USER = "apbd-build"
 
 
-def read(tmp_path, text: str):
-    src = write_tree(open_for_build_user(tmp_path) / "src", {"PKGBUILD": text})
+def read(build_tmp, text: str):
+    src = write_tree(open_for_build_user(build_tmp) / "src", {"PKGBUILD": text})
     return read_srcinfo(src, BUILD_USER)
 
 
-def test_variables_and_parameter_expansion(tmp_path):
-    info = read(tmp_path, """
+def test_variables_and_parameter_expansion(build_tmp):
+    info = read(build_tmp, """
 _name=hello
 _ver=2-10-3
 pkgname=${_name}-tool
@@ -37,8 +37,8 @@ arch=(any)
     assert info.version == "2.10.3-1"
 
 
-def test_multiline_arrays_and_validpgpkeys(tmp_path):
-    info = read(tmp_path, """
+def test_multiline_arrays_and_validpgpkeys(build_tmp):
+    info = read(build_tmp, """
 pkgname=multi
 pkgver=1
 pkgrel=3
@@ -57,8 +57,8 @@ validpgpkeys=(
                                  "0123456789ABCDEF0123456789ABCDEF01234567"]
 
 
-def test_split_packages_with_arch_overrides_and_epoch(tmp_path):
-    info = read(tmp_path, """
+def test_split_packages_with_arch_overrides_and_epoch(build_tmp):
+    info = read(build_tmp, """
 pkgbase=suite
 pkgname=(suite-bin suite-data suite-docs)
 pkgver=4.1
@@ -80,47 +80,47 @@ package_suite-docs() {
     assert info.package_arch == {"suite-data": ["any"], "suite-docs": ["any"]}
 
 
-def test_output_timeout_read_from_pkgbuild(tmp_path):
-    info = read(tmp_path, "pkgname=t\npkgver=1\npkgrel=1\narch=(any)\napb_output_timeout=$((60 * 5))\n")
+def test_output_timeout_read_from_pkgbuild(build_tmp):
+    info = read(build_tmp, "pkgname=t\npkgver=1\npkgrel=1\narch=(any)\napb_output_timeout=$((60 * 5))\n")
     assert info.output_timeout_raw == "300"
 
 
-def test_output_timeout_absent(tmp_path):
-    info = read(tmp_path, "pkgname=t\npkgver=1\npkgrel=1\narch=(any)\n")
+def test_output_timeout_absent(build_tmp):
+    info = read(build_tmp, "pkgname=t\npkgver=1\npkgrel=1\narch=(any)\n")
     assert info.output_timeout_raw is None
 
 
 @pytest.mark.parametrize("missing", ["pkgname", "pkgver"])
-def test_missing_field_rejected(tmp_path, missing):
+def test_missing_field_rejected(build_tmp, missing):
     fields = {"pkgname": "pkgname=x", "pkgver": "pkgver=1"}
     del fields[missing]
     text = "\n".join([*fields.values(), "pkgrel=1", "arch=(any)", ""])
     with pytest.raises(InvalidPkgbuild) as caught:
-        read(tmp_path, text)
+        read(build_tmp, text)
     assert f"sets no {missing}" in caught.value.detail
 
 
-def test_syntax_error_rejected(tmp_path):
+def test_syntax_error_rejected(build_tmp):
     with pytest.raises(InvalidPkgbuild) as caught:
-        read(tmp_path, "pkgname=x\npkgver=1\npkgrel=1\narch=(any\n")
+        read(build_tmp, "pkgname=x\npkgver=1\npkgrel=1\narch=(any\n")
     assert "makepkg could not read the PKGBUILD" in caught.value.detail
 
 
-def test_missing_pkgbuild_rejected(tmp_path):
-    src = open_for_build_user(tmp_path) / "empty"
+def test_missing_pkgbuild_rejected(build_tmp):
+    src = open_for_build_user(build_tmp) / "empty"
     src.mkdir(mode=0o755)
     with pytest.raises(InvalidPkgbuild) as caught:
         read_srcinfo(src, BUILD_USER)
     assert "no PKGBUILD" in caught.value.detail
 
 
-def test_top_level_code_cannot_write_outside(tmp_path):
+def test_top_level_code_cannot_write_outside(build_tmp):
     """Top-level code runs as the build user in bwrap: the host, the source folder and a
     folder the build user could otherwise write are all out of reach."""
-    target = open_for_build_user(tmp_path) / "world-writable"
+    target = open_for_build_user(build_tmp) / "world-writable"
     target.mkdir()
     os.chmod(target, 0o777)
-    info = read(tmp_path, f"""
+    info = read(build_tmp, f"""
 pkgname=writer
 pkgver=1
 pkgrel=1
@@ -131,11 +131,11 @@ touch /etc/apbd-escaped 2>/dev/null || true
 """)
     assert info.pkgbase == "writer"
     assert not (target / "escaped").exists()
-    assert not (tmp_path / "src" / "planted").exists()
+    assert not (build_tmp / "src" / "planted").exists()
     assert not os.path.exists("/etc/apbd-escaped")
 
 
-def test_top_level_code_has_no_network(tmp_path):
+def test_top_level_code_has_no_network(build_tmp):
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
@@ -152,7 +152,7 @@ def test_top_level_code_has_no_network(tmp_path):
     thread = threading.Thread(target=accept)
     thread.start()
     try:
-        info = read(tmp_path, f"""
+        info = read(build_tmp, f"""
 pkgname=caller
 pkgver=1
 pkgrel=1
@@ -166,8 +166,8 @@ arch=(any)
     assert connections == []
 
 
-def test_top_level_output_does_not_confuse_parser(tmp_path):
-    info = read(tmp_path, "echo 'pkgname = forged'\npkgname=real\npkgver=1\npkgrel=1\narch=(any)\n")
+def test_top_level_output_does_not_confuse_parser(build_tmp):
+    info = read(build_tmp, "echo 'pkgname = forged'\npkgname=real\npkgver=1\npkgrel=1\narch=(any)\n")
     assert info.pkgnames == ["real"]
 
 

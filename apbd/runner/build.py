@@ -141,6 +141,7 @@ class Build:
         """Copy src/ into work/build and give work/ to the build user."""
         if self.paths.work.exists():
             shutil.rmtree(self.paths.work)
+        (self.job / spool_format.PACKAGES_DIR).mkdir(mode=0o755, exist_ok=True)
         self.paths.work.mkdir(mode=0o755)
         shutil.copytree(self.job / spool_format.SOURCES_DIR, self.paths.startdir, symlinks=True)
         self.paths.pkgdest.mkdir()

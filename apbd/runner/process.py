@@ -74,7 +74,10 @@ class BuildProcess:
     def pump(self, timeout_s: float) -> None:
         """Copy what the build printed to the log, waiting up to timeout_s for the first bytes."""
         if self.eof:
-            time.sleep(timeout_s)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                pass
             return
         deadline = time.monotonic() + timeout_s
         while True:

@@ -7,7 +7,11 @@ bwrap runs as the build user and can bind only folders that user may enter.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
+
+import pytest
 
 
 def open_for_build_user(path: Path) -> Path:
@@ -30,3 +34,16 @@ def write_tree(root: Path, files: dict[str, str]) -> Path:
         target.write_text(text)
         os.chmod(target, 0o644)
     return root
+
+
+@pytest.fixture
+def build_tmp():
+    """A tmp folder the build user can enter, removed after the test.
+
+    Not under pytest's tmp_path: every pytest run resets /tmp/pytest-of-USER to
+    mode 0700, so a concurrent run would lock the build user out mid-test.
+    """
+    path = Path(tempfile.mkdtemp(prefix="apbd-test-", dir="/tmp"))
+    os.chmod(path, 0o711)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
