@@ -55,6 +55,8 @@ setup(
         "test": [
             "pytest",
             "requests",
+            "hypothesis",
+            "selenium",
         ],
     },
     entry_points={
