@@ -18,8 +18,12 @@ LEFT_MARGIN = 52
 BOTTOM_MARGIN = 18
 TOP_MARGIN = 8
 BAR_GAP = 3
-# A bar never gets thinner than this, so a long history stays readable.
+# A bar never gets thinner or wider than these, so a long history stays
+# readable and a short one does not fill the page with one bar.
 MIN_BAR_WIDTH = 6
+MAX_BAR_WIDTH = 28
+# Narrowest chart, so the axis labels fit.
+MIN_WIDTH = 260
 # Height of a bar for a build without a duration (queued), so it stays clickable.
 STUB_HEIGHT = 2
 
@@ -68,12 +72,12 @@ def render_duration_chart(builds: list[dict], now: float | None = None) -> Marku
         return Markup('<p class="muted">No builds yet.</p>')
     ordered = list(reversed(builds))
     durations = [build_duration(b, now) for b in ordered]
-    longest = max([d for d in durations if d is not None] or [1.0]) or 1.0
+    longest = max([d for d in durations if d is not None] + [1.0])
 
     plot_width = WIDTH - LEFT_MARGIN
     plot_height = HEIGHT - BOTTOM_MARGIN - TOP_MARGIN
-    slot = max(MIN_BAR_WIDTH + BAR_GAP, plot_width / len(ordered))
-    width = int(LEFT_MARGIN + slot * len(ordered))
+    slot = min(MAX_BAR_WIDTH + BAR_GAP, max(MIN_BAR_WIDTH + BAR_GAP, plot_width / len(ordered)))
+    width = max(MIN_WIDTH, int(LEFT_MARGIN + slot * len(ordered)))
     baseline = TOP_MARGIN + plot_height
 
     parts = [

@@ -152,7 +152,11 @@ def builder_sentence(runners: list[dict]) -> str:
 
 def recent_builds(spool: spool_format.Spool, limit: int) -> list[dict]:
     """Return the newest builds, newest first, read through the history index."""
-    return [summarize_build(status) for status in itertools.islice(history.newest_builds(spool), limit)]
+    builds = [summarize_build(status) for status in itertools.islice(history.newest_builds(spool), limit)]
+    now = time.time()
+    for build in builds:
+        build["elapsed"] = chart.build_duration(build, now)
+    return builds
 
 
 def summarize_build(status: dict) -> dict:
