@@ -191,10 +191,17 @@ def _paths() -> dict:
             {"200": {"description": "event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
              "400": BAD_REQUEST, "404": NOT_FOUND},
             [BUILD_ID])},
-        "/build/{build_id}/download/{filename}": {"get": _operation(
-            "Download a package, log or source file of the build",
-            {"200": _binary("the file"), "400": BAD_REQUEST, "404": NOT_FOUND},
-            [BUILD_ID, FILENAME])},
+        "/build/{build_id}/download/{filename}": {
+            "get": _operation(
+                "Download a package, log or source file of the build",
+                {"200": _binary("the file"), "400": BAD_REQUEST, "404": NOT_FOUND},
+                [BUILD_ID, FILENAME]),
+            "head": _operation(
+                "Size and date of a package, log or source file of the build, without its content",
+                {"200": {"description": "the file's headers"}, "400": {"description": "invalid parameter"},
+                 "404": {"description": "no such build or file"}},
+                [BUILD_ID, FILENAME]),
+        },
         "/build/{build_id}/view/{filename}": {"get": _operation(
             "View a text file of the build in the browser",
             {"200": _html("the file in a page"), "302": {"description": "binary file: redirect to download"},
@@ -254,10 +261,10 @@ def _paths() -> dict:
                  "401": _error("missing or wrong bearer token (--token-file)"),
                  "403": _error("address not allowed by --allow-from")}),
         },
-        "/static/{path}": {"get": _operation(
+        "/static/{filepath}": {"get": _operation(
             "Static files of the web pages",
             {"200": {"description": "the file"}, "404": NOT_FOUND},
-            [_param("path", "path", {"type": "string"}, "file under www/static")])},
+            [_param("filepath", "path", {"type": "string"}, "file under www/static")])},
     }
 
 
