@@ -14,7 +14,7 @@ POST /admin/cleanup. Checking by method rather than by path means a route
 added later is protected without anyone remembering to list it here.
 
 The check runs in a before_request hook, before bottle matches the route, so
-a rejected request is answered without its body being parsed.
+the server rejects a request without parsing its body.
 
 The address checked is the socket peer (REMOTE_ADDR), never X-Forwarded-For,
 which any client can set. Behind a reverse proxy the peer is the proxy, so
@@ -48,7 +48,7 @@ class AccessConfigError(ValueError):
 
 @dataclass(frozen=True)
 class AccessPolicy:
-    """Who may change state: allowed networks (None: any address) and the token (None: no token)."""
+    """The rule for requests that change state: allowed networks (None: any) and token (None: none)."""
 
     networks: tuple[Network, ...] | None
     token: bytes | None
@@ -183,9 +183,9 @@ def install(app: bottle.Bottle, ctx) -> AccessPolicy:
         return policy
 
     def reject_unless_allowed():
-        refusal = check_request(policy, bottle.request.environ)
-        if refusal is not None:
-            raise refusal
+        rejection = check_request(policy, bottle.request.environ)
+        if rejection is not None:
+            raise rejection
 
     app.add_hook("before_request", reject_unless_allowed)
     parts = []
