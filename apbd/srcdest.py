@@ -18,6 +18,7 @@ import fcntl
 import logging
 import os
 import re
+import subprocess
 import time
 from pathlib import Path
 from typing import Callable
@@ -32,6 +33,22 @@ LOCK_SUFFIX = ".lock"
 POLL_INTERVAL_S = 0.2
 
 _PKGBASE_RE = re.compile(r"^[a-zA-Z0-9@_+][a-zA-Z0-9@._+-]*$")
+
+
+def read_srcdest(makepkg_conf: str | os.PathLike = "/etc/makepkg.conf") -> Path | None:
+    """Return the SRCDEST that makepkg.conf sets, or None when it sets none.
+
+    makepkg.conf is bash, so bash reads it, in an empty environment.
+    """
+    script = 'source "$1" >/dev/null 2>&1; printf %s "${SRCDEST:-}"'
+    try:
+        proc = subprocess.run(["bash", "-c", script, "bash", str(makepkg_conf)], env={"PATH": "/usr/bin:/bin"},
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        log.warning("could not read SRCDEST from %s: %s", makepkg_conf, e)
+        return None
+    value = proc.stdout.strip()
+    return Path(value) if value else None
 
 
 def lock_path(srcdest: str | os.PathLike, pkgbase: str) -> Path:

@@ -121,3 +121,12 @@ def test_missing_srcdest_goes_on_with_warning(tmp_path):
     lock = srcdest.acquire_srcdest_lock(tmp_path / "absent", "foo", timeout=1.0)
     assert lock.acquired is False
     assert "could not lock" in lock.warning
+
+
+def test_read_srcdest(tmp_path):
+    conf = tmp_path / "makepkg.conf"
+    conf.write_text('#SRCDEST=/nowhere\nBASE=/data\nSRCDEST="$BASE/sources"\n')
+    assert srcdest.read_srcdest(conf) == Path("/data/sources")
+    conf.write_text("#SRCDEST=/home/sources\nPKGEXT='.pkg.tar.zst'\n")
+    assert srcdest.read_srcdest(conf) is None
+    assert srcdest.read_srcdest(tmp_path / "absent.conf") is None
