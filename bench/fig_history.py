@@ -19,7 +19,7 @@ ROUNDS = 5
 
 
 def run(ctx) -> list[Row]:
-    large_count = ctx.pick(100_000, 2_000)
+    large_count = ctx.pick(100_000, 300)
     folder = ctx.folder("history")
     large, small = ctx.spool(folder / "large"), ctx.spool(folder / "small")
     ctx.say(f"history: writing {large_count} finished builds")
