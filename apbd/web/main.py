@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
 import signal
 import sys
 import tempfile
@@ -23,6 +24,11 @@ log = logging.getLogger("apbd.web")
 INBUF_OVERFLOW_BYTES = 512 * 1024
 # Seconds between waitress's checks for idle connections and late uploads.
 MAINTENANCE_INTERVAL_S = 1.0
+# File descriptors kept free for spool files, logs and makepkg pipes when the
+# connection limit is derived from RLIMIT_NOFILE.
+RESERVED_FDS = 256
+# Open connections accepted at most, whatever RLIMIT_NOFILE allows.
+MAX_CONNECTIONS = 10000
 # Form fields and multipart headers around the files; allowed on top of --max-request-size.
 FORM_OVERHEAD_BYTES = 64 * 1024
 
@@ -63,6 +69,18 @@ def request_timeout(args) -> float:
     return float(getattr(args, "request_timeout", None) or limits.REQUEST_TIMEOUT_S)
 
 
+def connection_limit() -> int:
+    """Return how many connections waitress may hold open: as many as the open-file limit allows.
+
+    Idle or slow clients each hold one until the channel timeout closes it, so a
+    small limit would let a few hundred of them lock everyone else out.
+    """
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(100, min(MAX_CONNECTIONS, soft - RESERVED_FDS))
+
+
 def create_server(ctx: WebContext, host: str, port: int):
     """Create (not start) the waitress server for ctx; port 0 picks a free port."""
     args = ctx.args
@@ -76,7 +94,7 @@ def create_server(ctx: WebContext, host: str, port: int):
         # A connection that sends nothing for this long is closed.
         channel_timeout=request_timeout(args),
         cleanup_interval=MAINTENANCE_INTERVAL_S,
-        connection_limit=max(100, 4 * args.threads),
+        connection_limit=connection_limit(),
         ident="apbd",
         clear_untrusted_proxy_headers=True,
     )
