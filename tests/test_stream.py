@@ -14,6 +14,7 @@ import time
 from types import SimpleNamespace
 
 import bottle
+import psutil
 import pytest
 import requests
 import waitress
@@ -22,6 +23,7 @@ from waitress import wasyncore
 from apbd import spool as spool_format
 from apbd.spool import Spool
 from apbd.web import stream
+from tests.support.servers import WebServer
 
 THREADS = 240
 
@@ -29,12 +31,13 @@ THREADS = 240
 class LiveServer:
     """A bottle app with the stream route, served by waitress in a thread."""
 
-    def __init__(self, spool: Spool, **ctx_fields):
+    def __init__(self, spool: Spool, server_options: dict | None = None, **ctx_fields):
         self.ctx = SimpleNamespace(spool=spool, args=SimpleNamespace(threads=THREADS), **ctx_fields)
         self.app = bottle.Bottle()
         stream.install(self.app, self.ctx)
-        self.server = waitress.create_server(self.app, host="127.0.0.1", port=0, threads=THREADS,
-                                             connection_limit=THREADS + 100, asyncore_use_poll=True)
+        options = {"threads": THREADS, "connection_limit": THREADS + 100, "asyncore_use_poll": True,
+                   **(server_options or {})}
+        self.server = waitress.create_server(self.app, host="127.0.0.1", port=0, **options)
         self.port = self.server.effective_port
         self.url = f"http://127.0.0.1:{self.port}"
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -444,3 +447,70 @@ def test_two_hundred_followers(server, spool):
     for n in range(followers):
         assert results[n] == expected, n
     assert elapsed < 30
+
+
+def wait_for_no_streams(live: LiveServer, timeout: float) -> float:
+    """Wait until every stream slot is free; return the seconds it took."""
+    started = time.monotonic()
+    while live.app.stream_slots.open and time.monotonic() - started < timeout:
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def test_disconnect_seen_without_writing(spool):
+    # With waitress reading ahead on the connection, a closed client is seen
+    # while the stream waits, long before the next heartbeat would fail.
+    live = LiveServer(spool, server_options={"channel_request_lookahead": 1}, sse_heartbeat_s=60)
+    try:
+        build_id = make_job(spool, log=b"x\n")
+        clients = [SSEClient(live.port, build_id) for _ in range(10)]
+        for client in clients:
+            client.events_until(lambda e: e["event"] == "output")
+        assert live.app.stream_slots.open == 10
+        for client in clients:
+            client.close()
+        assert wait_for_no_streams(live, 10) < 5
+        assert live.app.stream_slots.open == 0
+    finally:
+        live.stop()
+
+
+def test_connect_and_drop_returns_to_baseline(spool):
+    live = LiveServer(spool, sse_heartbeat_s=0.3)
+    try:
+        build_id = make_job(spool, log=b"".join(b"line %d\n" % i for i in range(2000)))
+        process = psutil.Process()
+        warm = SSEClient(live.port, build_id)
+        warm.next_event()
+        warm.close()
+        wait_for_no_streams(live, 10)
+        fds_before, threads_before = process.num_fds(), process.num_threads()
+
+        for round_number in range(5):
+            clients = [SSEClient(live.port, build_id) for _ in range(60)]
+            for n, client in enumerate(clients):
+                if n % 2:
+                    client.next_event()
+                client.close()
+        assert wait_for_no_streams(live, 20) < 20
+        deadline = time.monotonic() + 10
+        while process.num_fds() > fds_before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert process.num_fds() <= fds_before
+        assert process.num_threads() <= threads_before
+    finally:
+        live.stop()
+
+
+def test_stream_outlives_request_timeout(spool, tmp_path):
+    web = WebServer(spool.root, tmp_path, extra_args=["--request-timeout", "1"])
+    try:
+        build_id = make_job(spool, log=b"before\n")
+        client = SSEClient(web.port, build_id)
+        client.events_until(lambda e: e["data"] == "before")
+        time.sleep(3)
+        append_log(spool, build_id, b"after three quiet seconds\n")
+        assert client.next_event() == {"id": "2", "event": "output", "data": "after three quiet seconds"}
+        client.close()
+    finally:
+        web.stop()
