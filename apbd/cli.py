@@ -32,6 +32,8 @@ CHILD_POLL_INTERVAL_S = 0.2
 
 DEFAULT_SERVER_URL = "http://localhost:8000"
 SERVER_URL_ENV = "APB_SERVER_URL"
+# The same variable as the server's --token-file, so one setting serves both on one host.
+TOKEN_FILE_ENV = "APB_TOKEN_FILE"
 
 
 def all_options() -> list[config.Option]:
@@ -157,7 +159,7 @@ def run_submit_command(args: argparse.Namespace) -> int:
 
     try:
         return submit.run_submit(Path(args.folder).resolve(), args.server, Path(args.output).resolve(),
-                                 args.timeout, args.build_timeout, args.quiet)
+                                 args.timeout, args.build_timeout, args.quiet, args.token_file)
     except submit.SubmitError as e:
         print(f"apbd submit: {e}", file=sys.stderr)
         return e.exit_code
@@ -208,6 +210,9 @@ def make_parser() -> argparse.ArgumentParser:
     submit.add_argument("--build-timeout", type=int, default=None,
                         help="build_timeout sent to the server, in seconds (300-14400; "
                              "default: the server's)")
+    submit.add_argument("--token-file", default=os.environ.get(TOKEN_FILE_ENV) or None,
+                        help="file holding the token to send as 'Authorization: Bearer', for a server "
+                             f"started with --token-file (default: none; env {TOKEN_FILE_ENV})")
     submit.add_argument("--quiet", action="store_true", help="do not print the build output")
     submit.set_defaults(handler=run_submit_command)
     return parser

@@ -1,10 +1,10 @@
 """`apbd submit`: send a package folder to a server, follow the build, fetch its files.
 
-It talks to the server exactly as the APB client does when it is pointed
-straight at a server: one multipart POST /build with the file part
-`build_tarball` (named build.tar.gz, type application/gzip) and no build_id,
-then the build's live output, then every listed package and log downloaded
-into OUTPUT/ARCH/FILENAME.
+It talks to the server as the APB client does when it talks to a server
+directly. It sends one multipart POST /build with the file part
+`build_tarball` (named build.tar.gz, type application/gzip) and no build_id.
+Then it follows the build's live output, and downloads every listed package
+and log into OUTPUT/ARCH/FILENAME.
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ EXIT_USAGE = 2
 EXIT_SERVER_ERROR = 3
 EXIT_TIMED_OUT = 4
 
-# What makepkg leaves in a package folder and a server must not receive.
+# Folders and file patterns that makepkg leaves in a package folder; they are not uploaded.
 SKIPPED_DIRS = {"src", "pkg", ".git", ".svn", ".hg", "__pycache__"}
 SKIPPED_FILES = ["*.pkg.tar", "*.pkg.tar.*", "*.src.tar.*", "*-build.log", "*-package.log",
                  "*-prepare.log", "*-check.log", "*-pkgver.log", ".SRCINFO~"]
 
-# Seconds: connecting, reading a normal answer, and reading a stream (the server
+# Seconds: connecting, reading a normal response, and reading a stream (the server
 # sends a heartbeat every 30 s, so silence beyond this means the stream broke).
 CONNECT_TIMEOUT_S = 10
 READ_TIMEOUT_S = 60
@@ -168,15 +168,20 @@ def error_detail(answer: requests.Response) -> str:
         return answer.text[:300].strip()
 
 
-def submit_tarball(server: str, tarball: Path, build_timeout: int | None) -> str:
-    """POST the tarball as the APB client does (no build_id); return the build id."""
+def submit_tarball(server: str, tarball: Path, build_timeout: int | None, token: str | None = None) -> str:
+    """POST the tarball as the APB client does (no build_id); return the build id.
+
+    token, when given, is sent as `Authorization: Bearer`, for servers started with --token-file.
+    """
     fields = {} if build_timeout is None else {"build_timeout": str(build_timeout)}
+    headers = {"Content-Type": "", "Authorization": f"Bearer {token}"} if token else {"Content-Type": ""}
     size = tarball.stat().st_size
     body = MultipartUpload(fields, "build_tarball", "build.tar.gz", "application/gzip", tarball,
                            show_progress=size >= PROGRESS_STEP_BYTES)
     say(f"uploading {human_size(size)} to {server}/build")
     try:
-        answer = requests.post(f"{server}/build", data=body, headers={"Content-Type": body.content_type},
+        headers["Content-Type"] = body.content_type
+        answer = requests.post(f"{server}/build", data=body, headers=headers,
                                timeout=(CONNECT_TIMEOUT_S, UPLOAD_TIMEOUT_S))
     except requests.RequestException as e:
         raise SubmitError(f"could not submit to {server}: {e}")
@@ -199,7 +204,7 @@ def get_json(url: str, **params) -> dict | None:
     if answer.status_code == 404:
         return None
     if answer.status_code != 200:
-        raise SubmitError(f"GET {url} answered HTTP {answer.status_code}: {error_detail(answer)}")
+        raise SubmitError(f"GET {url} returned HTTP {answer.status_code}: {error_detail(answer)}")
     return answer.json()
 
 
@@ -366,17 +371,31 @@ def download_artifacts(server: str, status: dict, output: Path) -> list[Path]:
 # The whole command
 
 
+def read_token(path: str | None) -> str | None:
+    """Read the bearer token from path (surrounding whitespace removed); None without a path."""
+    if not path:
+        return None
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as e:
+        raise SubmitError(f"cannot read the token file {path}: {e.strerror}", EXIT_USAGE)
+    if not token:
+        raise SubmitError(f"the token file {path} is empty", EXIT_USAGE)
+    return token
+
+
 def run_submit(folder: Path, server: str, output: Path, timeout: float | None,
-               build_timeout: int | None, quiet: bool) -> int:
+               build_timeout: int | None, quiet: bool, token_file: str | None = None) -> int:
     """Submit folder, follow the build, download its files; return the exit code."""
     server = server.rstrip("/")
     deadline = time.monotonic() + timeout if timeout else float("inf")
+    token = read_token(token_file)
 
     with tempfile.TemporaryDirectory(prefix="apbd-submit-") as scratch:
         tarball = Path(scratch) / "build.tar.gz"
         members = pack_folder(folder, tarball)
         say(f"packed {len(members)} files from {folder}: {', '.join(members)}")
-        build_id = submit_tarball(server, tarball, build_timeout)
+        build_id = submit_tarball(server, tarball, build_timeout, token)
     print(f"build_id: {build_id}", flush=True)
     say(f"build page: {server}/build/{build_id}")
 

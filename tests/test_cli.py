@@ -16,7 +16,7 @@ import requests
 
 from apbd import submit
 from tests.support.packages import EXAMPLES_DIR, bsdtar_list
-from tests.support.servers import REPO_ROOT, child_env, free_port, make_reachable
+from tests.support.servers import REPO_ROOT, Runner, WebServer, child_env, free_port, make_reachable
 
 SUBMIT_TIMEOUT_S = 300
 
@@ -190,3 +190,26 @@ def test_serve_stops_when_a_child_dies(tmp_path):
         if serve.poll() is None:
             os.killpg(serve.pid, signal.SIGKILL)
             serve.wait()
+
+
+def test_submit_sends_token(spool, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-token\n")
+    token_file.chmod(0o600)
+    web = WebServer(spool.root, tmp_path, ["--token-file", str(token_file)])
+    try:
+        runner = Runner(spool.root, tmp_path)
+        try:
+            refused = run_apbd("submit", str(EXAMPLES_DIR / "mdtoc"), "--server", web.url,
+                               "--output", str(tmp_path / "refused"))
+            assert refused.returncode == submit.EXIT_SERVER_ERROR
+            assert "rejected the build" in refused.stderr
+
+            accepted = run_apbd("submit", str(EXAMPLES_DIR / "mdtoc"), "--server", web.url,
+                                "--output", str(tmp_path / "out"), "--token-file", str(token_file), "--quiet")
+            assert accepted.returncode == 0, accepted.stderr
+            assert (tmp_path / "out" / "any" / "mdtoc-1.2.0-1-any.pkg.tar.zst").is_file()
+        finally:
+            runner.stop()
+    finally:
+        web.stop()
