@@ -6,10 +6,9 @@ makepkg.conf (mkarchroot's -C and -M copy both into the chroot) with
 base-devel and ccache installed. With --buildroot-autorecreate N it is made
 anew after every N builds, so packages left from updates do not pile up.
 
-Recreation never happens while a build uses the buildroot: once it is due,
-new builds wait, the builds still running finish, and the first waiting build
-recreates it before it starts (that build gets the longer kill grace for
-buildroot work). The new root is made beside the old one and swapped in only
+Recreation never happens while a build uses the buildroot. Once it is due,
+new builds wait until the running builds finish. The first waiting build then
+recreates it before it starts, and gets the longer kill grace meanwhile. The new root is made beside the old one and swapped in only
 when mkarchroot succeeds, so a failed recreation keeps the old buildroot.
 """
 
@@ -40,7 +39,7 @@ Runner = Callable[..., subprocess.CompletedProcess]
 
 
 class BuildrootError(Exception):
-    """mkarchroot or the swap of the new buildroot failed; the message says which step."""
+    """mkarchroot or the swap of the new buildroot failed; the message names the step."""
 
 
 def mkarchroot_argv(root: Path, pacman_conf: str, makepkg_conf: str) -> list[str]:

@@ -38,7 +38,7 @@ _SHORT_ID_RE = re.compile(r"^(?:0X)?(?:[0-9A-F]{8}|[0-9A-F]{16})$")
 
 @dataclass
 class KeyResult:
-    """What preparing one build's keys did; warnings are sentences for the build log."""
+    """The outcome of preparing one build's keys, with warnings as sentences for the build log."""
 
     gnupghome: Path
     imported: list[str] = field(default_factory=list)

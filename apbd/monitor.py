@@ -1,6 +1,6 @@
 """Background sampling of the host's resources for GET / and /health.
 
-GET / must answer fast, so nothing is measured inside a request: a thread
+GET / must return fast, so nothing is measured inside a request: a thread
 samples CPU, memory, the spool's disk, load, uptime and this process every
 limits.MONITOR_INTERVAL_S, and snapshot() returns the last sample. CPU usage
 comes from psutil.cpu_percent(None), which compares against the previous
@@ -43,7 +43,7 @@ def cpu_model() -> str:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
                 key, _, value = line.partition(":")
-                # x86 says "model name"; POWER and ARM kernels say "cpu" or "Hardware".
+                # x86 kernels name the field "model name", POWER and ARM ones "cpu" or "Hardware".
                 if key.strip() in ("model name", "cpu", "Hardware") and value.strip():
                     return value.strip()
     except OSError:
@@ -138,12 +138,12 @@ def low_disk_reason(spool, needed_bytes: int) -> str | None:
 
 
 def disk_has_room(spool, needed_bytes: int) -> bool:
-    """Tell whether the spool's filesystem can take an upload of needed_bytes (POST /build answers 503 if not)."""
+    """Tell whether the spool's filesystem can take an upload of needed_bytes (POST /build returns 503 if not)."""
     return low_disk_reason(spool, needed_bytes) is None
 
 
 class ResourceMonitor:
-    """A daemon thread that samples the host every interval seconds; snapshot() never blocks on sampling."""
+    """A daemon thread that samples the host every interval seconds; snapshot() returns the last sample."""
 
     def __init__(self, spool, architecture: str, *, interval: float = limits.MONITOR_INTERVAL_S,
                  on_threshold: Callable[[str], object] | None = None,

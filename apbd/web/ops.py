@@ -7,6 +7,7 @@ The monitor's threshold callback runs a cleanup of old builds.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 
@@ -24,6 +25,9 @@ def start_threshold_cleanup(spool):
     """Return a callback that runs a cleanup in its own thread, so sampling goes on meanwhile."""
 
     def on_threshold(reason: str) -> None:
+        # Memory pressure: give back what this process no longer uses first.
+        gc.collect()
+
         def run() -> None:
             result = cleanup.run_cleanup(spool, reason=reason)
             log.info("threshold cleanup %s: %s", result["cleanup_id"], result["message"])
