@@ -87,7 +87,7 @@ def _try_lock(path: Path) -> int | None:
     """Take the flock on path without waiting; return the fd, or None if it is held.
 
     Orphan removal may unlink the file between our open and our flock. A lock
-    on an unlinked file excludes nobody, so after locking check that path
+    on an unlinked file excludes no other build, so after locking check that path
     still names the file we locked, and start again when it does not.
     """
     while True:
@@ -153,7 +153,7 @@ def acquire_srcdest_lock(srcdest: str | os.PathLike, pkgbase: str, *,
 def remove_orphaned_locks(srcdest: str | os.PathLike) -> list[str]:
     """Remove SRCDEST lock files that no process holds; return their names.
 
-    Called at runner startup. A lock file nobody holds is what a stopped
+    Called at runner startup. A lock file that no process holds is what a stopped
     runner left behind; one that is held belongs to a build still running
     (of this or another runner) and stays.
     """

@@ -25,7 +25,7 @@ def start_threshold_cleanup(spool):
     """Return a callback that runs a cleanup in its own thread, so sampling goes on meanwhile."""
 
     def on_threshold(reason: str) -> None:
-        # Memory pressure: give back what this process no longer uses first.
+        # Under memory pressure, free what this process no longer uses before cleaning up.
         gc.collect()
 
         def run() -> None:
