@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import resource
 import socket
 import threading
 import time
@@ -514,3 +515,33 @@ def test_stream_outlives_request_timeout(spool, tmp_path):
         client.close()
     finally:
         web.stop()
+
+
+def test_server_survives_over_1024_connections(spool, tmp_path):
+    # waitress's default select() loop raises on a descriptor above 1023 and
+    # the whole server stops; apbd-web runs waitress with poll() instead.
+    wanted = 1300
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2 * wanted + 512:
+        pytest.skip(f"the open-file hard limit {hard} is too low for {wanted} connections in one test")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2 * wanted + 512), hard))
+    web = WebServer(spool.root, tmp_path)
+    idle = []
+    try:
+        for _ in range(wanted):
+            idle.append(socket.create_connection(("127.0.0.1", web.port), timeout=10))
+        deadline = time.monotonic() + 20
+        while psutil.Process(web.pid).num_fds() < 1100 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert psutil.Process(web.pid).num_fds() >= 1100
+        build_id = make_job(spool, spool_format.COMPLETED, b"still serving\n")
+        client = SSEClient(web.port, build_id)
+        events = client.events_until(lambda e: e["event"] == "complete")
+        assert [e["data"] for e in outputs(events)] == ["still serving"]
+        client.close()
+        assert web.alive()
+    finally:
+        for sock in idle:
+            sock.close()
+        web.stop()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

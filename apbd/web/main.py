@@ -95,6 +95,9 @@ def create_server(ctx: WebContext, host: str, port: int):
         channel_timeout=request_timeout(args),
         cleanup_interval=MAINTENANCE_INTERVAL_S,
         connection_limit=connection_limit(),
+        # poll() instead of select(): select() cannot watch a file descriptor
+        # above 1023 and raises, which stops the whole server.
+        asyncore_use_poll=True,
         ident="apbd",
         clear_untrusted_proxy_headers=True,
     )
