@@ -217,3 +217,27 @@ def test_install_starts_monitor(served):
     info = ctx.monitor.snapshot()
     assert info["architecture"] == "x86_64"
     assert ctx.monitor.sample_count >= 1
+
+
+def test_memory_threshold_runs_cleanup(spool, monkeypatch):
+    from apbd import limits
+    old = finish(spool, "old", "completed", 5.0)
+    status_path = spool.jobs / old / "status.json"
+    status = json.loads(status_path.read_text())
+    status["end_time"] = time.time() - limits.CLEANUP_MAX_AGE_S - 60
+    status_path.write_text(json.dumps(status))
+    recent = finish(spool, "recent", "completed", 5.0)
+
+    monkeypatch.setattr(limits, "MEMORY_CLEANUP_PERCENT", -1.0)
+    ctx = SimpleNamespace(spool=spool, architecture="x86_64")
+    monitor = ops.ensure_monitor(ctx)
+    try:
+        deadline = time.monotonic() + 10
+        while not (spool.root / "last-cleanup.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        monitor.stop()
+    assert not spool.exists(old)
+    assert spool.exists(recent)
+    record = json.loads((spool.root / "last-cleanup.json").read_text())
+    assert record["reason"].startswith("memory use")
