@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,9 @@ log = logging.getLogger(__name__)
 
 # Reading a PKGBUILD takes about 0.6 s; one that takes longer than this is stuck.
 SRCINFO_TIMEOUT_S = 60
+# Files up to this size are copied when the build user cannot reach the PKGBUILD's folder:
+# enough for the PKGBUILD and its install and changelog files, which makepkg checks.
+COPY_MAX_FILE_SIZE = 1024 * 1024
 # Only this much of makepkg's error output goes into an InvalidPkgbuild detail.
 ERROR_TAIL_CHARS = 2000
 
@@ -151,7 +156,24 @@ def read_srcinfo(src_dir: Path, build_user: str | None) -> SrcInfo:
     if not (src_dir / "PKGBUILD").is_file():
         raise InvalidPkgbuild("There is no PKGBUILD file")
     user = sandbox.resolve_build_user(build_user)
-    config = paths.data_file("makepkg.conf")
+    if sandbox.unreachable_folder(src_dir, user) is None:
+        return _read_srcinfo(src_dir, user)
+
+    # The build user cannot enter a folder above src_dir, so read a copy of the small files.
+    copy = Path(tempfile.mkdtemp(prefix="apbd-pkgbuild-", dir=os.path.realpath("/tmp")))
+    try:
+        os.chmod(copy, 0o755)
+        for entry in os.scandir(src_dir):
+            if entry.is_file(follow_symlinks=False) and entry.stat().st_size <= COPY_MAX_FILE_SIZE:
+                shutil.copyfile(entry.path, copy / entry.name)
+                os.chmod(copy / entry.name, 0o644)
+        return _read_srcinfo(copy, user)
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)
+
+
+def _read_srcinfo(src_dir: Path, user: sandbox.BuildUser) -> SrcInfo:
+    config = sandbox.reachable_file(paths.data_file("makepkg.conf"), user)
     marker = f"apbd-srcinfo-end-{uuid.uuid4().hex}"
     command = ["bash", "-c", _reader_script(marker), "apbd-read-pkgbuild", str(config)]
     scratch = None

@@ -232,3 +232,23 @@ def ensure_locale(folder: Path | None = None) -> Path | None:
         return None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def reachable_file(path: Path, user: BuildUser) -> Path:
+    """Return path, or a copy in apbd's cache folder when user cannot enter path's folders.
+
+    An apbd installed under /root, for one, ships its makepkg.conf where the
+    build user cannot read it.
+    """
+    path = Path(path)
+    if unreachable_folder(path, user) is None:
+        return path
+    folder = default_locale_dir().parent / "shared"
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o755)
+    copy = folder / path.name
+    staging = folder / f".{path.name}.{os.getpid()}.tmp"
+    shutil.copyfile(path, staging)
+    os.chmod(staging, 0o644)
+    os.rename(staging, copy)
+    return copy

@@ -185,3 +185,13 @@ def test_parse_output_timeout(raw, seconds, warns):
     value, warning = parse_output_timeout(raw)
     assert value == seconds
     assert (warning is not None) == warns
+
+
+def test_folder_closed_to_build_user(build_tmp):
+    """A PKGBUILD below a folder of mode 0700 (as pytest makes them) is read from a copy."""
+    closed = open_for_build_user(build_tmp) / "closed"
+    closed.mkdir(mode=0o700)
+    src = write_tree(closed / "src", {"PKGBUILD": "pkgname=hidden\npkgver=1\npkgrel=1\narch=(any)\ninstall=hidden.install\n",
+                                      "hidden.install": "post_install() { :; }\n"})
+    info = read_srcinfo(src, BUILD_USER)
+    assert info.pkgnames == ["hidden"]

@@ -135,3 +135,20 @@ def test_invalid_output_timeout_warned(build_tmp):
     assert status["status"] == "completed"
     assert status["output_timeout"] == 1800
     assert "apb_output_timeout=5 is outside 60-86400 s" in build_log(spool, build_id)
+
+
+def test_runner_shutdown_fails_running_build(build_tmp):
+    spool = make_spool(build_tmp)
+    runner = Runner(spool.root, build_tmp)
+    build_id = publish(spool, trivial_pkgbuild("apbd-shutdown", "build() { echo running; sleep 1000; }"))
+    wait_for_log(spool, build_id, "running")
+    procs = tagged_processes(build_id)
+    exit_status = runner.stop()
+
+    status = spool.read_status(build_id)
+    assert exit_status == 0
+    assert status["status"] == "failed"
+    assert status["reason"] == f"The runner stopped during the build (runner {status['runner_id']} was shut down)"
+    assert not (spool.job_dir(build_id) / "claimed").exists()
+    assert list(spool.runners.iterdir()) == []
+    assert_all_gone(procs, build_id)

@@ -121,7 +121,7 @@ class MakepkgBuilder(Builder):
         self.user = build_user
         self.use_bwrap = use_bwrap
         self.locale_dir = locale_dir
-        self.config = paths.data_file("makepkg.conf")
+        self.config = sandbox.reachable_file(paths.data_file("makepkg.conf"), build_user)
         self.sandbox = "bwrap" if use_bwrap else "none"
         where = "in a bubblewrap sandbox" if use_bwrap else "WITHOUT a sandbox (bubblewrap does not work here)"
         self.note = (f"devtools is not installed: building with makepkg {where}, as user "

@@ -172,11 +172,14 @@ class Runner:
                      len(self.elsewhere))
         for build_id in list(self.elsewhere):
             job = self.spool.jobs / build_id
-            if not (job / spool_format.CLAIMED_MARKER).exists():
-                self.elsewhere.discard(build_id)
+            if (job / spool_format.CLAIMED_MARKER).exists():
+                if recovery.recover_orphan(self.spool, build_id, self.runner_id, self.ctx.scale):
+                    self.elsewhere.discard(build_id)
                 continue
-            if recovery.recover_orphan(self.spool, build_id, self.runner_id, self.ctx.scale):
-                self.elsewhere.discard(build_id)
+            self.elsewhere.discard(build_id)
+            if (job / spool_format.QUEUED_MARKER).exists():
+                # The lock was busy only for a moment and nobody claimed the job.
+                self.queue[build_id] = self.spool.created_at(build_id)
         self.cancel_queued()
 
     def cancel_queued(self) -> None:
@@ -201,8 +204,8 @@ class Runner:
             del self.queue[build_id]
             claim = self.spool.claim(build_id)
             if claim is None:
-                if (self.spool.jobs / build_id / spool_format.CLAIMED_MARKER).exists():
-                    self.elsewhere.add(build_id)
+                # Another process holds the lock: a runner claiming it, or the web cancelling it.
+                self.elsewhere.add(build_id)
                 continue
             log.info("build %s claimed by runner %s", build_id, self.runner_id)
             thread = threading.Thread(target=self.run_build, args=(claim,), name=f"build-{build_id[:8]}")
