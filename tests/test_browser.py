@@ -32,7 +32,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--window-size=1280,1300"]
 
 # A build that prints makepkg-style lines for a minute, so the test can watch
-# the log grow and cancel it; one line tries to run a script in the page.
+# the log grow and cancel it. One line tries to run a script in the page.
 SLOW_PKGBUILD = """\
 pkgname=browser-slow
 pkgver=1.0

@@ -20,7 +20,7 @@ bare "\\r" would otherwise split into a forged second field. The stream drops a
 field, a line that looks like "event: complete" is just text.
 
 waitress serves each connection on one worker thread for as long as the
-connection lasts, so every open stream holds a thread. Streams stop at
+connection lasts, so every open stream occupies a thread. Streams stop at
 --threads minus RESERVED_THREADS, and further ones get 503, so open streams
 can never starve the other requests.
 """
@@ -43,9 +43,9 @@ log = logging.getLogger(__name__)
 
 # Worker threads kept free for requests other than streams.
 RESERVED_THREADS = 8
-# Seconds between checks whether a client went away, where waitress offers
-# the check (its channel_request_lookahead setting); otherwise the next write
-# after a disconnect raises.
+# Seconds between checks whether the client went away. waitress notices a
+# closed client during a request only with channel_request_lookahead above 0;
+# without it, the next write (at the latest the heartbeat) raises instead.
 DISCONNECT_CHECK_S = 1.0
 # Lines sent in one write.
 BATCH_LINES = 500

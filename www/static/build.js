@@ -166,7 +166,7 @@
     return unit === 0 ? `${size} B` : `${size.toFixed(1)} ${units[unit]}`;
   }
 
-  // After the build ends, fetch its JSON once to show the timing and the packages.
+  // On every state change, fetch the build's JSON to show its timing and packages.
   async function refreshDetails() {
     const response = await fetch(`/build/${encodeURIComponent(buildId)}`, {headers: {Accept: "application/json"}});
     if (!response.ok) {
@@ -210,6 +210,7 @@
     });
     source.addEventListener("status", (event) => {
       setStatus(JSON.parse(event.data).status);
+      refreshDetails().catch((error) => console.warn("could not refresh the build details:", error));
     });
     source.addEventListener("heartbeat", () => {
       stateLabel.textContent = "live";
@@ -221,7 +222,7 @@
       setStatus(result.status);
       const exit = result.exit_code === null || result.exit_code === undefined ? "" : `, exit code ${result.exit_code}`;
       stateLabel.textContent = `finished: ${result.status}${exit}`;
-      refreshDetails().catch(() => {});
+      refreshDetails().catch((error) => console.warn("could not refresh the build details:", error));
     });
     source.onerror = () => {
       if (finished) {
