@@ -2,8 +2,8 @@
 
 `apbd serve` starts the web layer (apbd-web) and one runner (apbd-runner) as
 two child processes on the same spool. It passes every option to both through
-their APB_* environment variables, forwards SIGINT, SIGTERM and SIGHUP, and
-stops both when either one exits. It is meant for development and demos; a
+their APB_* environment variables, stops both with SIGTERM on SIGINT, SIGTERM
+or SIGHUP, and stops both when either one exits. It is meant for development and demos; a
 production host runs the two as separate services.
 """
 
@@ -128,15 +128,8 @@ def run_serve(args: argparse.Namespace) -> int:
     exit_code = 0
     while True:
         if received:
-            signum = received.pop(0)
-            # SIGHUP is passed on as is; an interrupt or terminate stops both children.
-            forwarded = signal.SIGHUP if signum == signal.SIGHUP else signal.SIGTERM
-            if forwarded == signal.SIGHUP:
-                for child in children.values():
-                    if child.poll() is None:
-                        child.send_signal(signal.SIGHUP)
-                continue
-            log.info("stopping on %s", signal.Signals(signum).name)
+            # SIGHUP too: a closed terminal ends the demo, and neither child reloads on it.
+            log.info("stopping on %s", signal.Signals(received[0]).name)
             break
         exited = [(name, child) for name, child in children.items() if child.poll() is not None]
         if exited:
