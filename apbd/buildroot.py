@@ -24,6 +24,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
+from apbd import limits
+
 log = logging.getLogger(__name__)
 
 MKARCHROOT = "mkarchroot"
@@ -50,6 +52,55 @@ def mkarchroot_argv(root: Path, pacman_conf: str, makepkg_conf: str) -> list[str
 def remove_tree_argv(path: Path) -> list[str]:
     """Return the command that removes a root-owned chroot tree an unprivileged runner cannot delete."""
     return ["sudo", "rm", "-rf", "--one-file-system", str(path)]
+
+
+def stoppable_runner(should_stop: Callable[[], bool] | None, grace: float | None = None) -> Runner:
+    """Return a subprocess.run stand-in that ends the command grace seconds after should_stop() turns True.
+
+    mkarchroot stopped half way leaves a broken tree, so a cancelled build
+    lets it run up to the buildroot grace before SIGTERM (which sudo passes
+    on), then SIGKILL.
+    """
+
+    if grace is None:
+        grace = limits.KILL_GRACE_BUILDROOT_S
+
+    def run(argv: list[str], *, timeout: float | None = None, **kwargs) -> subprocess.CompletedProcess:
+        started = time.monotonic()
+        stop_deadline = None
+        with subprocess.Popen(argv, **kwargs) as proc:
+            output = []
+            reader = None
+            if proc.stdout is not None:
+                reader = threading.Thread(target=lambda: output.append(proc.stdout.read()), daemon=True)
+                reader.start()
+            while True:
+                try:
+                    proc.wait(WAIT_POLL_S)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                now = time.monotonic()
+                if timeout is not None and now - started > timeout:
+                    proc.kill()
+                    proc.wait()
+                    raise subprocess.TimeoutExpired(argv, timeout)
+                if stop_deadline is None and should_stop is not None and should_stop():
+                    log.info("stop requested while %s runs; waiting up to %.0f s for it", argv[:2], grace)
+                    stop_deadline = now + grace
+                elif stop_deadline is not None and now >= stop_deadline:
+                    proc.terminate()
+                    try:
+                        proc.wait(limits.KILL_GRACE_S)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait()
+                    break
+            if reader is not None:
+                reader.join(limits.KILL_GRACE_S)
+            return subprocess.CompletedProcess(argv, proc.returncode, b"".join(output), None)
+
+    return run
 
 
 def run_step(argv: list[str], run: Runner, what: str) -> None:
@@ -127,7 +178,7 @@ class BuildrootManager:
     makechrootpkg run; state() gives the runner state file's buildroot fields.
     """
 
-    def __init__(self, buildroot: str | os.PathLike, autorecreate: int = 0, *, run: Runner = subprocess.run,
+    def __init__(self, buildroot: str | os.PathLike, autorecreate: int = 0, *, run: Runner | None = None,
                  pacman_conf: str = HOST_PACMAN_CONF, makepkg_conf: str = HOST_MAKEPKG_CONF):
         self.buildroot = Path(buildroot)
         self.autorecreate = autorecreate
@@ -144,7 +195,7 @@ class BuildrootManager:
     def ensure(self) -> bool:
         """Create the buildroot if it is missing (runner start); return True when created."""
         with self._cond:
-            return ensure_buildroot(self.buildroot, self.run, pacman_conf=self.pacman_conf,
+            return ensure_buildroot(self.buildroot, self.run or stoppable_runner(None), pacman_conf=self.pacman_conf,
                                     makepkg_conf=self.makepkg_conf)
 
     @property
@@ -171,8 +222,11 @@ class BuildrootManager:
         """Hold the buildroot for one build; recreate it first when due and no build uses it.
 
         note receives sentences for the build log. should_stop is polled
-        while waiting for other builds to finish; when it returns True the
-        build gives up waiting and raises InterruptedError.
+        while waiting for other builds to finish, and when it returns True
+        the build gives up waiting and raises InterruptedError. While this
+        build recreates the buildroot, a True should_stop lets mkarchroot
+        run up to limits.KILL_GRACE_BUILDROOT_S longer before it is stopped;
+        the old buildroot stays and InterruptedError follows.
         """
         self._enter(build_id, note, should_stop)
         try:
@@ -202,24 +256,29 @@ class BuildrootManager:
                 self.active.add(build_id)
                 return
         # This build recreates the buildroot; no other build uses it meanwhile.
-        self._recreate(build_id, note)
+        self._recreate(build_id, note, should_stop)
+        stopped = should_stop is not None and should_stop()
         with self._cond:
             self.recreating.remove(build_id)
-            self.active.add(build_id)
+            if not stopped:
+                self.active.add(build_id)
             self._cond.notify_all()
+        if stopped:
+            raise InterruptedError("stopped while recreating the buildroot")
 
-    def _recreate(self, build_id: str, note) -> None:
+    def _recreate(self, build_id: str, note, should_stop) -> None:
         started = time.monotonic()
         log.info("build %s: recreating buildroot %s after %d builds", build_id, self.buildroot,
                  self.builds_since_recreation)
         if note:
             note(f"recreating the buildroot {self.buildroot} after {self.builds_since_recreation} builds")
         try:
-            recreate_buildroot(self.buildroot, run=self.run, pacman_conf=self.pacman_conf,
+            recreate_buildroot(self.buildroot, run=self.run or stoppable_runner(should_stop),
+                               pacman_conf=self.pacman_conf,
                                makepkg_conf=self.makepkg_conf)
         except (BuildrootError, OSError) as e:
             self.failed_recreations += 1
-            message = f"recreating the buildroot failed ({e}); building in the old buildroot"
+            message = f"recreating the buildroot failed ({e}); keeping the old buildroot"
             log.error("build %s: %s", build_id, message)
             if note:
                 note(message)

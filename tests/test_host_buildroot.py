@@ -24,6 +24,10 @@ import json, os, shutil, sys
 args = sys.argv[1:]
 with open(os.environ["APBD_DOUBLE_LOG"], "a") as log:
     log.write(json.dumps(["mkarchroot", *args]) + "\\n")
+delay = os.environ.get("APBD_MKARCHROOT_SLEEP")
+if delay:
+    import time
+    time.sleep(float(delay))
 fail = os.environ.get("APBD_MKARCHROOT_FAIL")
 if fail and os.path.exists(fail):
     print("error: failed to install packages into the new root", flush=True)
@@ -147,7 +151,7 @@ def test_failed_recreation_keeps_old_buildroot(tmp_path, doubles):
         assert marker.exists()
     assert mgr.failed_recreations == 1
     assert not (tmp_path / "buildroot.new").exists()
-    assert any("building in the old buildroot" in n for n in notes)
+    assert any("keeping the old buildroot" in n for n in notes)
     # The counter restarts, so the next build does not retry at once.
     doubles.fail(False)
     calls = len(doubles.calls())
@@ -235,3 +239,29 @@ def test_zero_never_recreates(tmp_path, doubles):
         with mgr.use(f"b{i}"):
             pass
     assert len(doubles.calls()) == 2
+
+
+def test_cancel_during_recreation_waits_grace_then_stops(tmp_path, doubles, monkeypatch):
+    from apbd import limits
+    mgr = manager(tmp_path, doubles, autorecreate=1)
+    mgr.ensure()
+    marker = tmp_path / "buildroot" / "root" / "first-generation"
+    marker.touch()
+    with mgr.use("b1"):
+        pass
+    monkeypatch.setattr(limits, "KILL_GRACE_BUILDROOT_S", 1.0)
+    monkeypatch.setenv("APBD_MKARCHROOT_SLEEP", "60")
+    stop_at = time.monotonic() + 0.5
+    notes = []
+    started = time.monotonic()
+    with pytest.raises(InterruptedError):
+        with mgr.use("b2", notes.append, should_stop=lambda: time.monotonic() >= stop_at):
+            pass
+    elapsed = time.monotonic() - started
+    assert 1.4 <= elapsed < 10
+    assert marker.exists()
+    assert not (tmp_path / "buildroot.new").exists()
+    assert mgr.failed_recreations == 1
+    assert mgr.active == set()
+    assert mgr.state()["server_busy_with_buildroot"] is False
+    assert any("keeping the old buildroot" in n for n in notes)
