@@ -47,9 +47,10 @@ class ThreadServer:
         self.thread.start()
 
     def stop(self) -> None:
-        self.server.task_dispatcher.shutdown()
-        wasyncore.close_all(self.server._map)
+        # Close every socket from the loop's own thread, so its poll() never sees a closed descriptor.
+        self.server.trigger.pull_trigger(lambda: wasyncore.close_all(self.server._map))
         self.thread.join(5)
+        self.server.task_dispatcher.shutdown()
         self.server.apbd_app.shutdown()
         for name in ("monitor", "spool_stats"):
             part = getattr(self.ctx, name, None)
