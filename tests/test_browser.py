@@ -184,3 +184,26 @@ def test_view_and_cleanup_pages(web_server, spool, browser):
     wait_until(browser, lambda d: not spool.exists(old), message="the old build was not removed")
     assert spool.exists(build_id)
 
+
+
+def test_index_chart_links_builds(web_server, spool, browser):
+    outcomes = [spool_format.COMPLETED, spool_format.FAILED, spool_format.COMPLETED, spool_format.CANCELLED]
+    build_ids = []
+    for n in range(12):
+        state = outcomes[n % len(outcomes)]
+        build_id = make_job(spool, state, b"x\n")
+        set_status(spool, build_id, state, duration=30.0 + 40 * (n % 5), exit_code=0 if state == "completed" else 2)
+        build_ids.append(build_id)
+        time.sleep(0.01)
+
+    browser.get(web_server.url + "/")
+    bars = browser.find_elements(By.CSS_SELECTOR, "svg.chart rect.bar")
+    assert len(bars) == 12
+    assert len(browser.find_elements(By.CSS_SELECTOR, "svg.chart rect.bar-failed")) == 3
+    fill = browser.execute_script("return getComputedStyle(arguments[0]).fill", bars[0])
+    assert fill.startswith("rgb(")
+    screenshot(browser, "index-chart")
+
+    # The newest build is the rightmost bar.
+    browser.execute_script("arguments[0].dispatchEvent(new MouseEvent('click', {bubbles: true}))", bars[-1])
+    wait_until(browser, lambda d: d.current_url.endswith(f"/build/{build_ids[-1]}"))

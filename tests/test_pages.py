@@ -240,3 +240,14 @@ def test_log_line_appended_while_building(web_server, spool):
     append_log(spool, build_id, b"second\n")
     body = get_html(web_server, f"/build/{build_id}/view/build.log").text
     assert '<tr id="L2"><td class="num">2</td><td class="text">second</td></tr>' in body
+
+
+def test_view_names_legal_in_arch(web_server, spool):
+    build_id = make_job(spool, spool_format.COMPLETED)
+    sources = spool.job_dir(build_id) / spool_format.SOURCES_DIR
+    sources.mkdir(exist_ok=True)
+    (sources / "fix+build@2:1.patch").write_text("--- a\n+++ b\n")
+    for spelled in ("fix+build@2:1.patch", "fix%2Bbuild%402%3A1.patch"):
+        response = get_html(web_server, f"/build/{build_id}/view/{spelled}")
+        assert response.status_code == 200, spelled
+        assert "+++ b" in response.text

@@ -14,7 +14,7 @@ from markupsafe import Markup, escape
 WIDTH = 720
 HEIGHT = 140
 # Space for the axis labels, in SVG user units.
-LEFT_MARGIN = 52
+LEFT_MARGIN = 72
 BOTTOM_MARGIN = 18
 TOP_MARGIN = 8
 BAR_GAP = 3
