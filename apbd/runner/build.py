@@ -45,7 +45,7 @@ def time_scale() -> float:
 
 @dataclass
 class RunnerContext:
-    """What every build of one runner shares."""
+    """The settings and state that every build of one runner shares."""
 
     spool: Spool
     runner_id: str
@@ -56,7 +56,7 @@ class RunnerContext:
 
 
 class Build:
-    """One claimed job being built; run() does every step and always finishes the job."""
+    """One claimed job being built. run() does every step and writes a final status, even on errors."""
 
     def __init__(self, ctx: RunnerContext, claim: Claim):
         self.ctx = ctx
@@ -176,7 +176,7 @@ class Build:
                     state, reason = (spool_format.FAILED, "The runner stopped during the build "
                                      f"(runner {self.ctx.runner_id} was shut down)")
                 elif process.exited():
-                    # The first process is gone but something it started still holds the pipe.
+                    # The first process is gone, but a process it started keeps the pipe open.
                     leftovers = build_processes(self.build_id, pgid=process.pgid)
                     self.note(f"The build left {len(leftovers)} process(es) running; stopping them")
                     state = spool_format.COMPLETED if process.returncode == 0 else spool_format.FAILED
@@ -214,7 +214,7 @@ class Build:
     def collect_artifacts(self) -> list[str]:
         """Move every package the build left in work/pkgdest into packages/; return the names.
 
-        Each move is a rename within the job folder, so packages/ never holds
+        Each move is a rename within the job folder, so packages/ never contains
         a half-written file.
         """
         packages = self.job / spool_format.PACKAGES_DIR

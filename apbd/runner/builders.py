@@ -99,7 +99,7 @@ class MakechrootpkgBuilder(Builder):
     def command(self, paths_: WorkPaths) -> Command:
         keep = ",".join([*_DEST_VARS, BUILD_ID_ENV])
         argv = ["sudo", f"--preserve-env={keep}"]
-        # 32-bit PowerPC userlands are told apart from the 64-bit kernel only under ppc32.
+        # Under ppc32, uname reports a 32-bit machine, so the chroot detects its 32-bit PowerPC userland.
         if hostinfo.needs_ppc32(self.architecture):
             argv.append("ppc32")
         argv += [MAKECHROOTPKG, "-cuT", "-r", self.buildroot]

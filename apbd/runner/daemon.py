@@ -178,7 +178,7 @@ class Runner:
                 continue
             self.elsewhere.discard(build_id)
             if (job / spool_format.QUEUED_MARKER).exists():
-                # The lock was busy only for a moment and nobody claimed the job.
+                # The lock was busy only for a moment, and no runner claimed the job.
                 self.queue[build_id] = self.spool.created_at(build_id)
         self.cancel_queued()
 

@@ -34,7 +34,7 @@ READ_CHUNK = 64 * 1024
 
 @dataclass
 class Command:
-    """What to start for a build: argv, folder, environment and Popen user arguments."""
+    """The command that starts a build: argv, folder, environment and Popen user arguments."""
 
     argv: list[str]
     cwd: Path
