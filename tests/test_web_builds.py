@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 import requests
 
@@ -193,3 +194,32 @@ def test_cancel_finished_build_is_409(web, spool):
 def test_cancel_unknown_build_is_404(web):
     answer = requests.post(f"{web.url}/build/48ea1df5-f7f3-477e-a7a7-36e526ea7cd3/cancel", timeout=10)
     assert answer.status_code == 404
+
+
+# cleanup and content negotiation
+
+
+def test_admin_cleanup_removes_old_builds(web, spool):
+    old = add_build(spool, created_at=time.time() - 30 * 24 * 3600)
+    recent = add_build(spool)
+    answer = requests.post(f"{web.url}/admin/cleanup", timeout=30)
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["success"] is True
+    assert body["cleanup_id"].startswith("cleanup_")
+    assert "removed 1 old builds" in body["message"]
+    assert not spool.exists(old)
+    assert spool.exists(recent)
+    assert [b["build_id"] for b in get(web, "/builds/latest").json()["builds"]] == [recent]
+
+
+def test_browser_gets_html_and_client_gets_json(web, spool):
+    build_id = add_build(spool)
+    browser = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+    for path in ("/", f"/build/{build_id}"):
+        page = requests.get(web.url + path, headers=browser, timeout=10)
+        assert page.status_code == 200, path
+        assert page.headers["Content-Type"].startswith("text/html"), path
+        data = requests.get(web.url + path, headers={"Accept": "application/json"}, timeout=10)
+        assert data.headers["Content-Type"].startswith("application/json"), path
+        assert requests.get(web.url + path, timeout=10).headers["Content-Type"].startswith("application/json")

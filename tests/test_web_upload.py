@@ -133,7 +133,7 @@ def test_extra_repos_validated_and_stored(web, spool):
 
 def test_legacy_form_with_sources(web, spool):
     files = [("pkgbuild", ("PKGBUILD", PKGBUILD_TEXT)), ("sources", ("a.patch", b"diff\n")),
-             ("sources", ("b.txt", b"b\n"))]
+             ("sources[]", ("b.txt", b"b\n"))]
     build_id = str(uuid.uuid4())
     answer = requests.post(f"{web.url}/build", data={"build_id": build_id}, files=files, timeout=60)
     assert answer.status_code == 200

@@ -105,6 +105,15 @@ def file_not_found(filename: str) -> ApiError:
     return ApiError(404, "File not found", f"The build has no downloadable file named '{filename}'")
 
 
+def content_disposition(filename: str) -> str:
+    """Return `attachment; filename="NAME"`, adding the RFC 6266 filename* form for other characters."""
+    plain = filename.replace("\\", "\\\\").replace('"', '\\"')
+    if filename.isascii() and filename.isprintable():
+        return f'attachment; filename="{plain}"'
+    fallback = filename.encode("ascii", "replace").decode().replace('"', "_")
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
 def send_file(path: Path, filename: str) -> bottle.HTTPResponse:
     """Answer with the file at path as an attachment, streamed, never following a symlink."""
     try:
@@ -119,7 +128,7 @@ def send_file(path: Path, filename: str) -> bottle.HTTPResponse:
     headers = {
         "Content-Type": "application/octet-stream",
         "Content-Length": str(st.st_size),
-        "Content-Disposition": f'attachment; filename="{filename}"',
+        "Content-Disposition": content_disposition(filename),
         "Last-Modified": email.utils.formatdate(st.st_mtime, usegmt=True),
     }
     if bottle.request.method == "HEAD":

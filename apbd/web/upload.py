@@ -207,7 +207,7 @@ def receive_upload(environ: dict, staging: Path, max_file_size: int) -> Upload:
                 raise bad_request("The upload contains more than one pkgbuild part")
             upload.pkgbuild_seen = True
             upload.sources.append((PKGBUILD, write_part(chunks, src / PKGBUILD, max_file_size, PKGBUILD)))
-        elif name == "sources" and filename is not None:
+        elif name in ("sources", "sources[]") and filename is not None:
             source = safe_source_name(filename)
             if (src / source).exists():
                 raise bad_request(f"The source file {source!r} is uploaded twice")
