@@ -158,11 +158,18 @@ class SpoolStats:
         self._stop.set()
 
     def _run(self, interval: float) -> None:
+        missing_reported = False
         while True:
             try:
                 self.refresh()
+                missing_reported = False
+            except FileNotFoundError as e:
+                # The spool is gone (unmounted, or a test's folder removed); say so once.
+                if not missing_reported:
+                    log.warning("spool statistics: %s is missing: %s", self.spool.jobs, e)
+                    missing_reported = True
             except Exception:
-                # A failed scan (the spool briefly unmounted, say) must not end the statistics.
+                # A failed scan must not end the statistics; the next refresh tries again.
                 log.exception("refreshing the spool statistics failed")
             if self._stop.wait(interval):
                 return

@@ -217,9 +217,16 @@ class ResourceMonitor:
             self._thread = None
 
     def _run(self) -> None:
+        missing_reported = False
         while not self._stop.wait(self.interval):
             try:
                 self.sample()
+                missing_reported = False
+            except FileNotFoundError as e:
+                # The spool's folder is gone (unmounted, or a test's folder removed); say so once.
+                if not missing_reported:
+                    log.warning("resource monitor: the spool folder is missing: %s", e)
+                    missing_reported = True
             except Exception:
-                # A failed sample (a vanished mount, say) must not end monitoring.
+                # A failed sample must not end monitoring; the next one tries again.
                 log.exception("resource monitor sample failed")

@@ -126,3 +126,17 @@ def test_disk_has_room(tmp_path):
     reason = monitor.low_disk_reason(spool, free)
     assert reason.startswith("Not enough free disk space for this upload")
     assert monitor.low_disk_reason(spool, 1024) is None
+
+
+def test_missing_spool_logged_once(tmp_path, caplog):
+    spool = make_spool(tmp_path)
+    mon = monitor.ResourceMonitor(spool, "x86_64", interval=0.05)
+    mon.start()
+    shutil.rmtree(spool.root)
+    try:
+        time.sleep(0.5)
+        assert mon._thread.is_alive()
+    finally:
+        mon.stop()
+    warnings = [r for r in caplog.records if "spool folder is missing" in r.getMessage()]
+    assert len(warnings) == 1

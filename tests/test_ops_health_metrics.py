@@ -9,6 +9,7 @@ import bottle
 import pytest
 import requests
 import waitress.server
+from waitress import wasyncore
 
 from apbd import health, metrics
 from apbd.spool import Spool, new_build_id
@@ -25,8 +26,10 @@ class LiveServer:
         self.thread.start()
 
     def close(self):
-        self.server.close()
+        # Close the sockets from the loop's own thread, so its select() never sees a closed descriptor.
+        self.server.trigger.pull_trigger(lambda: wasyncore.close_all(self.server._map))
         self.thread.join(5)
+        self.server.task_dispatcher.shutdown()
 
 
 def publish(spool, pkgname):
@@ -241,3 +244,16 @@ def test_memory_threshold_runs_cleanup(spool, monkeypatch):
     assert spool.exists(recent)
     record = json.loads((spool.root / "last-cleanup.json").read_text())
     assert record["reason"].startswith("memory use")
+
+
+def test_stats_thread_survives_missing_spool(spool, caplog):
+    stats = metrics.SpoolStats(spool)
+    shutil.rmtree(spool.root)
+    stats.start(interval=0.05)
+    try:
+        time.sleep(0.4)
+        assert stats._thread.is_alive()
+    finally:
+        stats.stop()
+    warnings = [r for r in caplog.records if "spool statistics" in r.getMessage()]
+    assert len(warnings) == 1
