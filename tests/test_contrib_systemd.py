@@ -81,7 +81,12 @@ def test_web_unit_is_hardened():
 def test_runner_unit_allows_sudo_and_long_stop():
     service = read_unit("apbd-runner.service")["Service"]
     assert service["User"] == "apbd"
-    assert "NoNewPrivileges" not in service
+    # Each of these implies NoNewPrivileges for a unit without CAP_SYS_ADMIN, which breaks sudo.
+    for setting in ("NoNewPrivileges", "SystemCallFilter", "ProtectKernelModules", "ProtectKernelLogs",
+                    "ProtectKernelTunables", "ProtectClock", "ProtectHostname", "RestrictNamespaces",
+                    "MemoryDenyWriteExecute", "LockPersonality", "RestrictRealtime", "RestrictSUIDSGID",
+                    "PrivateDevices", "RestrictAddressFamilies", "SystemCallArchitectures"):
+        assert setting not in service, setting
     assert int(service["TimeoutStopSec"]) > 300
     assert service["KillMode"] == "mixed"
 
