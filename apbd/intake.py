@@ -75,7 +75,7 @@ def first_status(build_id: str, created_at: float, info: metadata.SrcInfo, *, so
 def create_job(spool: Spool, staging: Path, *, build_id: str, source: str, build_timeout: int | None,
                extra_repos: list | None, sha256: str, remote_addr: str | None,
                build_user: str | None) -> dict:
-    """Publish the job staged in `staging` (which holds src/PKGBUILD) and return its status.
+    """Publish the job staged in `staging` (which contains src/PKGBUILD) and return its status.
 
     build_timeout None means the server default. When build_id exists with the
     same sha256 the existing status is returned with "retry": True; with a
@@ -86,7 +86,7 @@ def create_job(spool: Spool, staging: Path, *, build_id: str, source: str, build
     try:
         retry = existing_build(spool, build_id, sha256)
         if retry is not None:
-            log.info("build %s submitted again with the same content: answering with the existing build",
+            log.info("build %s submitted again with the same content: returning the existing build",
                      build_id)
             shutil.rmtree(staging, ignore_errors=True)
             return retry

@@ -208,7 +208,7 @@ def copy_limited(src, path: Path, entry: Entry) -> None:
                 break
             copied += len(chunk)
             if copied > entry.size:
-                raise invalid(f"{entry.name} holds more data than its header says")
+                raise invalid(f"{entry.name} contains more data than its tar header states")
             out.write(chunk)
     if copied != entry.size:
         raise invalid(f"{entry.name} is truncated: {copied} of {entry.size} bytes")
@@ -246,8 +246,8 @@ def extract_tarball(path: Path, dest: Path, *, max_file_size: int, max_total_siz
                     max_members: int) -> list[str]:
     """Unpack the gzipped tarball at path into dest (created, must be empty); return the names written.
 
-    Raise ApiError 400 for a tarball that is not valid or not safe, 413 when a
-    limit is exceeded; dest is removed again on any error.
+    Raise ApiError 400 for a tarball that is not valid or not safe, and 413
+    when a limit is exceeded. On any error dest is removed again.
     """
     with open(path, "rb") as f:
         if f.read(2) != b"\x1f\x8b":

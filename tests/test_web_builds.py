@@ -18,7 +18,7 @@ def get(web, path: str, **params) -> requests.Response:
 
 
 def raw_get(port: int, path: bytes) -> bytes:
-    """GET a path exactly as given (requests would normalise it) and return the whole answer."""
+    """GET a path exactly as given (requests would normalise it) and return the whole response."""
     with socket.create_connection((LOOPBACK, port), timeout=10) as sock:
         sock.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         data = b""

@@ -179,7 +179,7 @@ def test_file_over_max_file_size_is_413(spool):
 
 
 def raw_request(port: int, head: bytes, body: bytes = b"", timeout: float = 10) -> bytes:
-    """Send raw bytes to the server and return everything it answers until it closes."""
+    """Send raw bytes to the server and return its whole response."""
     with socket.create_connection((LOOPBACK, port), timeout=timeout) as sock:
         sock.sendall(head + body)
         chunks = []
@@ -197,13 +197,13 @@ def raw_request(port: int, head: bytes, body: bytes = b"", timeout: float = 10) 
 def test_request_over_max_request_size_is_413(spool):
     server = ThreadServer(spool.root, ["--max-request-size", "100000"])
     try:
-        # Declared far beyond the limit: waitress answers from the headers, reading no body.
+        # Declared far beyond the limit: waitress responds from the headers, reading no body.
         head = (b"POST /build HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=zz\r\n"
                 b"Content-Length: 50000000\r\n\r\n")
         answer = raw_request(server.port, head)
         assert answer.startswith(b"HTTP/1.1 413")
         assert b'"error": "File too large"' in answer
-        # Just beyond the limit, within waitress's allowance for form fields: apbd answers.
+        # Just beyond the limit, within waitress's allowance for form fields: apbd responds.
         big = submit(server.url, b"\x1f\x8b" + b"x" * 110000)
         assert big.status_code == 413
         assert big.json()["error"] == "File too large"

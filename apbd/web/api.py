@@ -21,8 +21,8 @@ from apbd.web import files, upload
 
 log = logging.getLogger(__name__)
 
-# Seconds GET / reuses its count of queued and running builds; the farm polls
-# it often and caches the answer for 90 s anyway.
+# Seconds GET / reuses its count of queued and running builds. The farm polls
+# it often and caches the response for 90 s anyway.
 QUEUE_COUNT_CACHE_S = 1.0
 # A runner whose heartbeat is older than this is treated as gone.
 RUNNER_ALIVE_S = 3 * limits.HEARTBEAT_INTERVAL_S
@@ -88,8 +88,10 @@ def status_api(ctx, build_id: str) -> dict:
     """Build the status-api object: numbers for times, arch as a list, never a null field."""
     status = read_status(ctx, build_id)
     result = {k: status[k] for k in STATUS_API_FIELDS if status.get(k) is not None}
-    arch = result.get("arch")
-    result["arch"] = arch if isinstance(arch, list) else ([arch] if arch else [])
+    arch = result.get("arch") or []
+    if not isinstance(arch, list):
+        arch = [arch]
+    result["arch"] = arch
     listing = files.list_files(ctx.spool, build_id)
     result["packages"] = files.short_items(listing["packages"])
     result["logs"] = files.short_items(listing["logs"])
@@ -236,7 +238,7 @@ def server_info(ctx, counter: QueueCounter) -> dict:
 def cancel_build(ctx, build_id: str) -> dict:
     """Cancel a queued build at once, or ask the runner to stop a running one.
 
-    A build already cancelled answers 200 again, so a retried cancel succeeds.
+    Cancelling a cancelled build returns 200 again, so a retried cancel succeeds.
     A completed or failed build cannot be cancelled: 409 with the reason.
     """
     status = read_status(ctx, build_id)

@@ -38,7 +38,7 @@ BOTTLE_ERROR_TITLES = {
 
 @dataclass
 class WebContext:
-    """What every route needs: the spool, the options, the architecture and the templates."""
+    """The state every route needs: the spool, the options, the architecture and the templates."""
 
     spool: Spool
     args: argparse.Namespace
@@ -77,7 +77,7 @@ def internal_error(exception: BaseException) -> dict:
 
 
 def api_errors_plugin(callback):
-    """Wrap a route: ApiError becomes its JSON answer, any other exception a JSON 500."""
+    """Wrap a route so an ApiError becomes its JSON response and any other exception a JSON 500."""
 
     def wrapper(*args, **kwargs):
         try:

@@ -115,7 +115,7 @@ def content_disposition(filename: str) -> str:
 
 
 def send_file(path: Path, filename: str) -> bottle.HTTPResponse:
-    """Answer with the file at path as an attachment, streamed, never following a symlink."""
+    """Send the file at path as a streamed attachment, never following a symlink."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:

@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_timeout_options(parser: argparse.ArgumentParser) -> None:
-    """Add the hidden request timeout options; tests shorten them, nobody else needs to."""
+    """Add the hidden request timeout options; tests shorten them."""
     parser.add_argument("--submit-timeout", type=float, default=limits.SUBMIT_TIMEOUT_S, help=argparse.SUPPRESS)
     parser.add_argument("--request-timeout", type=float, default=limits.REQUEST_TIMEOUT_S, help=argparse.SUPPRESS)
 

@@ -4,12 +4,12 @@ Two places enforce them, because waitress reads a whole request before any
 WSGI code runs:
 
 - While a request arrives, waitress's event loop owns it. TimeoutChannel and
-  the server's maintenance hook answer 408 (and close the connection) when a
-  request has not fully arrived within the submit timeout, or has sent nothing
-  for the channel timeout. waitress keeps such a body in an unlinked temporary
-  file, so closing the connection removes it.
+  the server's maintenance hook respond 408 and close the connection when a
+  request has not fully arrived within the submit timeout, or its client has
+  sent nothing for the channel timeout. waitress keeps such a body in an
+  unlinked temporary file, so closing the connection removes it.
 - Once it has arrived, TimeoutMiddleware runs the handler in a pool thread and
-  answers 408 itself when the handler has not returned within the submit
+  responds 408 itself when the handler has not returned within the submit
   timeout (POST /build) or the request timeout (everything else). The waitress
   worker is free again at once. Python cannot stop a thread, so the handler runs
   on: it sees its Deadline expired at the next check(), removes its partial
@@ -45,7 +45,7 @@ _local = threading.local()
 
 
 class Deadline:
-    """The time by which one request must be answered, shared by its handler and the middleware."""
+    """The time by which one request needs its response, shared by its handler and the middleware."""
 
     def __init__(self, seconds: float):
         self.seconds = seconds
@@ -105,7 +105,7 @@ def json_body(status: int, error: str, detail: str) -> bytes:
 
 
 class TimeoutMiddleware:
-    """WSGI middleware that answers 408 when the wrapped app does not return in time."""
+    """WSGI middleware that responds 408 when the wrapped app does not return in time."""
 
     def __init__(self, app, *, submit_timeout: float, request_timeout: float, workers: int):
         self.app = app
@@ -138,7 +138,7 @@ class TimeoutMiddleware:
             body = future.result(timeout=deadline.remaining())
         except FutureTimeout:
             if deadline.expire():
-                log.warning("%s %s timed out after %g s: answered 408", environ.get("REQUEST_METHOD"),
+                log.warning("%s %s timed out after %g s: responded 408", environ.get("REQUEST_METHOD"),
                             environ.get("PATH_INFO"), seconds)
                 future.add_done_callback(close_late_body)
                 start_response("408 Request Timeout", [("Content-Type", "application/json")])
@@ -152,7 +152,7 @@ class TimeoutMiddleware:
 
 
 def close_late_body(future) -> None:
-    """Close the body of a response nobody will send any more."""
+    """Close the body of a response that will never be sent."""
     if future.cancelled() or future.exception() is not None:
         return
     body = future.result()
@@ -216,7 +216,7 @@ class TimeoutChannel(HTTPChannel):
         return super().received(data)
 
     def answer_timeout(self, detail: str) -> None:
-        """Answer the request still arriving with 408 and close the connection after it."""
+        """Respond 408 to the request still arriving and close the connection after it."""
         with self.requests_lock:
             request = self.request
             if request is None or request.completed:
@@ -240,11 +240,11 @@ def find_late_requests(server: BaseWSGIServer, now_monotonic: float, submit_time
         if not getattr(request, "started", None) or not request.header_bytes_received:
             continue
         if now_monotonic - request.started > submit_timeout:
-            log.warning("request from %s not fully received within %g s: answered 408", channel.addr,
+            log.warning("request from %s not fully received within %g s: responded 408", channel.addr,
                         submit_timeout)
             channel.answer_timeout(f"The request did not arrive completely within {submit_timeout:g} s")
         elif channel.last_activity < cutoff:
-            log.warning("request from %s sent nothing for %g s: answered 408", channel.addr, idle_timeout)
+            log.warning("request from %s sent nothing for %g s: responded 408", channel.addr, idle_timeout)
             channel.answer_timeout(f"The client sent nothing for {idle_timeout:g} s")
 
 

@@ -1,9 +1,9 @@
 """POST /build: read a multipart upload straight to disk and queue the build.
 
-The multipart body is parsed here, in chunks, and every file part is written
-to a staging folder under SPOOL/tmp as it is read, so an upload is never held
-in memory (waitress itself keeps large bodies in an unlinked temporary file,
-which apbd-web places in SPOOL/tmp too). Two forms are accepted:
+The multipart body is parsed here in chunks. Every file part is written to a
+staging folder under SPOOL/tmp as it is read, so an upload is never held in
+memory. waitress itself keeps large bodies in an unlinked temporary file,
+which apbd-web places in SPOOL/tmp too. Two forms are accepted:
 
 - the farm's: build_id, build_timeout, optional extra_repos (JSON), and the
   file part build_tarball (a .tar.gz with the PKGBUILD at its root);
@@ -50,7 +50,7 @@ def bad_request(detail: str) -> ApiError:
 
 @dataclass
 class Upload:
-    """What a multipart upload contained, with its file parts already on disk."""
+    """The content of a multipart upload: text fields in memory, file parts already on disk."""
 
     fields: dict[str, str] = field(default_factory=dict)
     tarball: Path | None = None
@@ -298,10 +298,10 @@ def submit_build(ctx) -> dict:
         else:
             raise bad_request("The upload contains neither a build_tarball nor a pkgbuild file part")
 
-        # A farm retry is answered before the tarball is unpacked again.
+        # A farm retry gets its response before the tarball is unpacked again.
         retry = intake.existing_build(ctx.spool, build_id, sha256)
         if retry is not None:
-            log.info("build %s: the same upload arrived again, answering for the existing build", build_id)
+            log.info("build %s: the same upload arrived again; returning the existing build", build_id)
             return accepted(build_id)
 
         if upload.tarball is not None:
@@ -329,7 +329,7 @@ def create_job_committed(ctx, staging: Path, **job) -> dict:
     """Read the metadata, then publish unless the request timed out meanwhile."""
     # NOTE: the request commits before create_job reads the PKGBUILD, so a
     # timeout during that read (bounded by metadata.SRCINFO_TIMEOUT_S) still
-    # publishes the build and answers late instead of 408.
+    # publishes the build and responds late instead of with 408.
     current_deadline().commit()
     return intake.create_job(ctx.spool, staging, build_user=getattr(ctx.args, "build_user", None), **job)
 
