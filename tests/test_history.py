@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
 import uuid
 
@@ -141,3 +142,21 @@ def test_history_fast_with_100000_builds(web, spool):
     assert [b["build_id"] for b in latest["builds"]] == ids[::-1][:10]
     assert [b["build_id"] for b in by_name["builds"]] == ids[::-1][:5]
     assert elapsed < 1.0
+
+
+def test_concurrent_requests_rebuild_index_once(web, spool):
+    ids = [add_build(spool, created_at=1000.0 + i) for i in range(5)]
+    shutil.rmtree(spool.history)
+    results = []
+
+    def fetch():
+        results.append(get(web, "/builds/latest"))
+
+    threads = [threading.Thread(target=fetch) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert [r.status_code for r in results] == [200] * 6
+    for answer in results:
+        assert [b["build_id"] for b in answer.json()["builds"]] == ids[::-1]

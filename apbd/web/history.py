@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -29,6 +30,7 @@ from apbd.web.files import iso_time
 log = logging.getLogger(__name__)
 
 BLOCK_BYTES = 64 * 1024
+_REBUILD_LOCK = threading.Lock()
 # history/builds.log path -> ((inode, size, mtime), line count).
 _COUNT_CACHE: dict[str, tuple] = {}
 # The package names makepkg accepts; any other name has no index file.
@@ -70,10 +72,15 @@ def ensure_index(spool: Spool) -> None:
     """Rebuild the history index from the job folders when it is missing and jobs exist."""
     if (spool.history / spool_format.HISTORY_FILE).exists():
         return
-    with os.scandir(spool.jobs) as entries:
-        if not any(spool_format.is_build_id(e.name) for e in entries):
+    # Spool.rebuild_history stages in a folder named by the process id, so two
+    # threads of this process must not rebuild at once.
+    with _REBUILD_LOCK:
+        if (spool.history / spool_format.HISTORY_FILE).exists():
             return
-    count = spool.rebuild_history()
+        with os.scandir(spool.jobs) as entries:
+            if not any(spool_format.is_build_id(e.name) for e in entries):
+                return
+        count = spool.rebuild_history()
     log.warning("history index was missing: rebuilt it from %d job folders", count)
 
 
