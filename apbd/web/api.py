@@ -160,9 +160,17 @@ def read_runners(spool) -> list[dict]:
             state = json.loads(path.read_bytes())
         except (OSError, ValueError):
             continue
-        if isinstance(state, dict) and now - float(state.get("heartbeat", 0)) <= RUNNER_ALIVE_S:
+        if isinstance(state, dict) and now - number(state.get("heartbeat")) <= RUNNER_ALIVE_S:
             alive.append(state)
     return alive
+
+
+def number(value) -> float:
+    """Return value as a number, 0 for anything a runner state file should not contain."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
 
 
 def queue_status(ctx, counter: QueueCounter) -> dict:
@@ -173,7 +181,7 @@ def queue_status(ctx, counter: QueueCounter) -> dict:
     runners = read_runners(ctx.spool)
     running_ids = [build_id for r in runners for build_id in r.get("running", [])]
     recreation_builds = [b for r in runners for b in r.get("buildroot_recreation_builds", [])]
-    max_concurrent = sum(int(r.get("max_concurrent", 0)) for r in runners)
+    max_concurrent = int(sum(number(r.get("max_concurrent")) for r in runners))
     if not max_concurrent:
         max_concurrent = getattr(ctx.args, "max_concurrent", None) or limits.MAX_CONCURRENT_DEFAULT
     current = len(running_ids) if runners else claimed
@@ -193,7 +201,7 @@ def queue_status(ctx, counter: QueueCounter) -> dict:
         "current_build": current_build,
         "total_active_builds": current + queued,
         "build_history_count": history_count(ctx.spool),
-        "buildroot_recreation_count": sum(int(r.get("buildroot_recreation_count", 0)) for r in runners),
+        "buildroot_recreation_count": int(sum(number(r.get("buildroot_recreation_count")) for r in runners)),
         "buildroot_recreation_builds": recreation_builds,
         "server_busy_with_buildroot": any(bool(r.get("server_busy_with_buildroot")) for r in runners),
     }
