@@ -547,3 +547,19 @@ def test_server_survives_over_1024_connections(spool, tmp_path):
             sock.close()
         web.stop()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_apbd_web_serves_stream(web_server, spool):
+    unknown = requests.get(f"{web_server.url}/build/{spool_format.new_build_id()}/stream", timeout=10)
+    assert unknown.status_code == 404
+    assert set(unknown.json()) == {"error", "detail"}
+    build_id = make_job(spool, spool_format.COMPLETED, b"==> Finished making: demo\n")
+    with requests.get(f"{web_server.url}/build/{build_id}/stream", stream=True, timeout=10,
+                      headers={"Accept-Encoding": "gzip, deflate"}) as response:
+        assert response.status_code == 200
+        assert response.headers["Content-Type"] == "text/event-stream"
+        assert response.headers["X-Accel-Buffering"] == "no"
+        assert "Content-Encoding" not in response.headers
+        body = response.raw.read().decode()
+    assert "event: output\ndata: ==> Finished making: demo\n" in body
+    assert body.endswith('event: complete\ndata: {"status": "completed", "exit_code": null}\n\n')
