@@ -32,8 +32,8 @@ MODULES = {
 }
 
 
-def machine_line() -> str:
-    """Return where the suite ran: cores, CPU model, kernel, Python, UTC date."""
+def machine_line(start_load: float) -> str:
+    """Return where the suite ran: cores, CPU model, kernel, Python, UTC date and load average."""
     model = "unknown CPU"
     try:
         with open("/proc/cpuinfo") as f:
@@ -45,7 +45,8 @@ def machine_line() -> str:
         pass
     date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     return (f"{os.cpu_count()} cores, {model}, Linux {platform.release()}, "
-            f"Python {platform.python_version()}, {date}")
+            f"Python {platform.python_version()}, {date}, 1-minute load average {start_load:.1f} at the start "
+            f"and {os.getloadavg()[0]:.1f} at the end")
 
 
 def run_module(name: str, module, ctx: Context) -> list[report.Row]:
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
+    start_load = os.getloadavg()[0]
     ctx = Context(smoke=args.smoke, root=make_root(args.tmp), keep=args.keep)
     ctx.say(f"temporary folder {ctx.root}")
     rows: list[report.Row] = []
@@ -83,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(ctx.root, ignore_errors=True)
 
-    machine = machine_line()
+    machine = machine_line(start_load)
     print(f"apbd benchmarks{' (smoke: tiny sizes, figures not meaningful)' if args.smoke else ''}")
     print(f"machine: {machine}")
     print(report.format_text(rows))

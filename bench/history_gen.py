@@ -1,6 +1,7 @@
 """Fill a spool with many finished builds fast, by writing the spool's documented files directly.
 
-Each build gets jobs/ID/request.json and status.json as a runner leaves them,
+Each build gets jobs/ID/request.json and status.json as a runner leaves them
+(the empty lock file is left out: no read looks at it),
 and one line in history/builds.log and in history/pkgname/NAME.log, in order of
 creation. Nothing is fsynced: the files only need to exist for the reads that
 are measured. Every tenth build is of TARGET_PKGNAME, the rest spread over
@@ -42,7 +43,6 @@ def _write_jobs(args: tuple[str, list[tuple[int, str]]]) -> None:
             fd = os.open(os.path.join(job, file_name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             os.write(fd, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
             os.close(fd)
-        os.close(os.open(os.path.join(job, spool_module.LOCK_FILE), os.O_WRONLY | os.O_CREAT, 0o644))
 
 
 def fill(spool: Spool, count: int, workers: int = 2) -> None:

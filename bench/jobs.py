@@ -43,9 +43,9 @@ def pkgbuild(name: str, build: str = "  :", top_level: str = "") -> str:
     return PKGBUILD_TEMPLATE.format(name=name, build=build, top_level=top_level)
 
 
-def stamped_pkgbuild(name: str, build: str = "  :") -> str:
+def stamped_pkgbuild(name: str, build: str = "  :", top_level_after: str = "") -> str:
     """Return a PKGBUILD whose top-level code first prints START_MARK and the time, in seconds."""
-    return pkgbuild(name, build, top_level=f'echo "{START_MARK} $EPOCHREALTIME"')
+    return pkgbuild(name, build, top_level=f'echo "{START_MARK} $EPOCHREALTIME"\n{top_level_after}')
 
 
 def write_sources(folder: Path, text: str) -> Path:

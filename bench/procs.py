@@ -114,7 +114,8 @@ class HttpChild(Child):
             if not self.alive():
                 self.fail_start(f"exited with status {self.proc.returncode}")
             try:
-                answer = requests.get(self.url + path, headers={"Accept": "application/json"}, timeout=5)
+                answer = requests.get(self.url + path, headers={"Accept": "application/json"},
+                                      timeout=START_TIMEOUT_S)
                 if answer.status_code == 200:
                     return
             except requests.ConnectionError:
@@ -123,12 +124,13 @@ class HttpChild(Child):
         self.fail_start(f"GET {path} did not answer 200 within {START_TIMEOUT_S} s")
 
 
-def start_web(spool_root: Path, log_dir: Path, args: list[str] = (), env: dict | None = None) -> HttpChild:
-    """Start apbd-web on a free loopback port over spool_root."""
+def start_web(spool_root: Path, log_dir: Path, args: list[str] = (), env: dict | None = None,
+              ready_path: str = "/") -> HttpChild:
+    """Start apbd-web on a free loopback port over spool_root; ready once GET ready_path answers 200."""
     port = free_port()
     argv = [sys.executable, "-m", "apbd.web", "--host", LOOPBACK, "--port", str(port),
             "--builds-dir", str(spool_root), *args]
-    return HttpChild("apbd-web", argv, log_dir / f"web-{port}.log", port, child_env(env))
+    return HttpChild("apbd-web", argv, log_dir / f"web-{port}.log", port, child_env(env), ready_path)
 
 
 class RunnerChild(Child):
