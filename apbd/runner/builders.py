@@ -108,6 +108,9 @@ class MakechrootpkgBuilder(Builder):
             argv += ["-U", self.build_user]
         env = {"PATH": os.environ.get("PATH", sandbox.BUILD_PATH), "LANG": "C.UTF-8",
                **paths_.dest_env()}
+        # NOTE: processes inside the systemd-nspawn container lose APBD_BUILD_ID, and a stop
+        # signals only sudo's process tree; whether the container always ends with it has not
+        # been checked on an Arch host (a check with `machinectl list` would confirm it).
         return Command(argv, paths_.startdir, env)
 
 
