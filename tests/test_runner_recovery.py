@@ -46,14 +46,17 @@ def test_killed_runner_build_failed_once(build_tmp):
     first.stop()
     assert spool.read_status(build_id)["status"] == "building"
 
+    assert (spool.runners / f"{dead_runner}.json").exists()
     second = Runner(spool.root, build_tmp)
     try:
         status = wait_for(spool, build_id, timeout=60)
+        state_files = sorted(p.name for p in spool.runners.iterdir())
     finally:
         second.stop()
     third = Runner(spool.root, build_tmp)
     third.stop()
 
+    assert state_files == [f"{status['runner_id'].rsplit('-', 1)[0]}-{second.pid}.json"]
     assert status["status"] == "failed"
     assert status["reason"] == f"{REASON_START}{dead_runner} died)"
     assert spool.read_status(build_id) == status

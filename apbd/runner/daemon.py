@@ -12,12 +12,14 @@ because claiming a job is a rename that only one of them can win.
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import os
 import socket
 import threading
 import time
 
+import psutil
 from watchdog.events import FileSystemEventHandler
 from watchdog.observers import Observer
 
@@ -90,6 +92,7 @@ class Runner:
         """Build jobs until the stop event is set, then stop the running builds."""
         self.spool.create()
         self.check_build_user_access()
+        self.remove_stale_states()
         self.write_state()
         self.start_watching()
         log.info("runner %s started on %s: builder %s, architecture %s, at most %d builds at once",
@@ -101,24 +104,27 @@ class Runner:
             next_heartbeat = time.monotonic() + limits.HEARTBEAT_INTERVAL_S
             while not self.stop_event.is_set():
                 self.wake.clear()
-                self.take_new_names()
                 now = time.monotonic()
-                if now >= next_rescan:
-                    self.rescan()
-                    next_rescan = now + limits.RESCAN_INTERVAL_S
-                if self.drops_waiting:
-                    self.drops_waiting = False
-                    self.drops.import_all()
+                try:
                     self.take_new_names()
-                self.reap()
-                self.schedule()
+                    if now >= next_rescan:
+                        next_rescan = now + limits.RESCAN_INTERVAL_S
+                        self.rescan()
+                    if self.drops_waiting:
+                        self.drops_waiting = False
+                        self.drops.import_all()
+                        self.take_new_names()
+                    self.reap()
+                    self.schedule()
+                except Exception:
+                    # One broken job folder must not stop the builds of all others.
+                    log.exception("runner %s: error in the main loop; retrying at the next rescan",
+                                  self.runner_id)
                 if now >= next_heartbeat:
                     self.write_state()
                     next_heartbeat = now + limits.HEARTBEAT_INTERVAL_S
                 timeout = max(0.0, min(next_rescan, next_heartbeat) - time.monotonic())
                 self.wake.wait(timeout)
-                if self.stop_event.is_set():
-                    break
         finally:
             self.shutdown()
 
@@ -159,7 +165,13 @@ class Runner:
         self.known.add(build_id)
         job = self.spool.jobs / build_id
         if (job / spool_format.QUEUED_MARKER).exists():
-            self.queue[build_id] = self.spool.created_at(build_id)
+            try:
+                created_at = self.spool.created_at(build_id)
+            except (OSError, ValueError) as e:
+                # Queue it anyway, last, so a damaged request.json still gets a build and a status.
+                log.error("build %s: cannot read request.json (%s); queueing it last", build_id, e)
+                created_at = float("inf")
+            self.queue[build_id] = created_at
         elif (job / spool_format.CLAIMED_MARKER).exists() and build_id not in self.running:
             self.elsewhere.add(build_id)
 
@@ -253,6 +265,19 @@ class Runner:
             spool_format.write_json_atomic(self.state_path, state)
         except OSError as e:
             log.error("runner %s: cannot write the state file %s: %s", self.runner_id, self.state_path, e)
+
+    def remove_stale_states(self) -> None:
+        """Remove the state files that runners of this host left when they were killed."""
+        hostname = socket.gethostname()
+        for path in self.spool.runners.glob("*.json"):
+            try:
+                state = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            pid = state.get("pid")
+            if state.get("hostname") == hostname and isinstance(pid, int) and not psutil.pid_exists(pid):
+                path.unlink(missing_ok=True)
+                log.info("removed the state file of runner %s, which no longer runs", state.get("runner_id"))
 
     def check_build_user_access(self) -> None:
         """Log an error when the build user cannot reach the job folders (bwrap then fails)."""
