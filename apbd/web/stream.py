@@ -177,8 +177,8 @@ class BuildStream:
         changed = True
         heartbeat_at = time.monotonic() + self.heartbeat_s
         while True:
-            # Files are read again only when the watcher saw them change, so
-            # an idle stream costs a wake-up per DISCONNECT_CHECK_S and no I/O.
+            # Files are read again only when the watcher saw them change, so an
+            # idle stream does no I/O between heartbeats and disconnect checks.
             if changed:
                 status, status_signature = self.read_state()
                 if status is None:
