@@ -99,3 +99,43 @@ def test_no_keys_no_gpg_work(tmp_path):
     assert result.imported == []
     assert result.warnings == []
     assert result.gnupghome.is_dir()
+
+
+def makepkg_verify(build_dir, gnupghome, user, home):
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8", "GNUPGHOME": str(gnupghome)}
+    return subprocess.run(["makepkg", "--verifysource", "--noconfirm"], cwd=build_dir, env=env,
+                          capture_output=True, text=True, timeout=120, **user.popen_kwargs())
+
+
+def test_makepkg_checks_signature_with_build_home(tmp_path, signer_key):
+    """makepkg, as the build user, accepts a signed source only with the keys of the build's own home."""
+    from apbd import sandbox
+    from tests.support.servers import make_reachable
+
+    fpr, armored = signer_key
+    make_reachable(tmp_path)
+    user = sandbox.resolve_build_user("apbd-build")
+    build = tmp_path / "work" / "build"
+    (build / "keys" / "pgp").mkdir(parents=True)
+    (build / "data.txt").write_text("signed data\n")
+    gpg(tmp_path / "signer", "--local-user", fpr, "--detach-sign", "-o", str(build / "data.txt.sig"),
+        str(build / "data.txt"))
+    (build / "keys" / "pgp" / f"{fpr}.asc").write_bytes(armored)
+    (build / "PKGBUILD").write_text(
+        "pkgname=sigcheck\npkgver=1\npkgrel=1\narch=(any)\nsource=(data.txt data.txt.sig)\n"
+        f"sha256sums=(SKIP SKIP)\nvalidpgpkeys=({fpr})\npackage() {{ :; }}\n")
+    home = tmp_path / "work" / "home"
+    home.mkdir()
+    user.chown_tree(tmp_path / "work")
+
+    keys = gpgkeys.prepare_build_keys(tmp_path / "work", build, [fpr], user=user)
+    assert keys.imported == [f"{fpr}.asc"]
+    assert keys.gnupghome.stat().st_uid == user.uid
+    accepted = makepkg_verify(build, keys.gnupghome, user, home)
+    assert accepted.returncode == 0, accepted.stdout + accepted.stderr
+    assert "Passed" in accepted.stdout + accepted.stderr
+
+    empty = gpgkeys.create_gnupg_home(tmp_path / "other-work", user)
+    rejected = makepkg_verify(build, empty, user, home)
+    assert rejected.returncode != 0
+    assert "unknown public key" in (rejected.stdout + rejected.stderr).lower()
