@@ -176,6 +176,11 @@ def prepare_build_keys(work_dir: Path, src_dir: Path, validpgpkeys: list[str], *
     result = KeyResult(gnupghome=home)
     fingerprints, messages = check_fingerprints(validpgpkeys)
     result.warnings.extend(messages)
+    if not fingerprints and not (Path(src_dir) / SHIPPED_KEYS_DIR).is_dir():
+        # Nothing to import or fetch: no gpg process, and no daemon to stop.
+        for warning in result.warnings:
+            log.warning("build %s: %s", build_id, warning)
+        return result
     try:
         result.imported, warnings = import_shipped_keys(home, src_dir, user)
         result.warnings.extend(warnings)
