@@ -176,11 +176,19 @@ def prepare_build_keys(work_dir: Path, src_dir: Path, validpgpkeys: list[str], *
     result = KeyResult(gnupghome=home)
     fingerprints, messages = check_fingerprints(validpgpkeys)
     result.warnings.extend(messages)
-    if not fingerprints and not (Path(src_dir) / SHIPPED_KEYS_DIR).is_dir():
-        # Nothing to import or fetch: no gpg process, and no daemon to stop.
-        for warning in result.warnings:
-            log.warning("build %s: %s", build_id, warning)
-        return result
+    # Without keys to import or fetch, no gpg process (and so no daemon) is started.
+    if fingerprints or (Path(src_dir) / SHIPPED_KEYS_DIR).is_dir():
+        import_and_fetch(result, src_dir, fingerprints, user, keyserver)
+    for warning in result.warnings:
+        log.warning("build %s: %s", build_id, warning)
+    if result.imported or result.fetched:
+        log.info("build %s: imported keys %s, fetched %s", build_id, result.imported, result.fetched)
+    return result
+
+
+def import_and_fetch(result: KeyResult, src_dir: Path, fingerprints: list[str], user: BuildUser | None,
+                     keyserver: str | None) -> None:
+    home = result.gnupghome
     try:
         result.imported, warnings = import_shipped_keys(home, src_dir, user)
         result.warnings.extend(warnings)
@@ -191,8 +199,3 @@ def prepare_build_keys(work_dir: Path, src_dir: Path, validpgpkeys: list[str], *
         result.warnings.append(f"warning: could not run gpg to prepare PGP keys: {e}")
     finally:
         stop_gpg_daemons(home, user)
-    for warning in result.warnings:
-        log.warning("build %s: %s", build_id, warning)
-    if result.imported or result.fetched:
-        log.info("build %s: imported keys %s, fetched %s", build_id, result.imported, result.fetched)
-    return result
