@@ -31,6 +31,23 @@ def wait_for_log(spool, build_id, text: str, timeout: float = 60.0) -> None:
     raise TimeoutError(f"{text!r} not in the log of {build_id}")
 
 
+def sleepers_of(build_id: str, count: int = 2, timeout: float = 20.0) -> list[psutil.Process]:
+    """Wait until the build runs count `sleep` processes; return all its tagged processes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        procs = tagged_processes(build_id)
+        sleeping = []
+        for proc in procs:
+            try:
+                if proc.name() == "sleep":
+                    sleeping.append(proc)
+            except psutil.Error:
+                continue
+        if len(sleeping) >= count or time.monotonic() > deadline:
+            return procs
+        time.sleep(0.05)
+
+
 def assert_all_gone(procs: list[psutil.Process], build_id: str) -> None:
     for proc in procs:
         alive = proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
@@ -64,8 +81,8 @@ def test_cancel_running_kills_setsid_child(build_tmp):
         build_id = publish(spool, trivial_pkgbuild(
             "apbd-cancel", "build() { setsid sleep 1000 & echo started; sleep 1000; }"))
         wait_for_log(spool, build_id, "started")
-        procs = tagged_processes(build_id)
-        sessions = {p.pid: (p.name(), _sid(p)) for p in procs}
+        procs = sleepers_of(build_id)
+        sessions = {p.pid: (p.name(), _sid(p)) for p in procs if p.is_running()}
         sleepers = [pid for pid, (name, _) in sessions.items() if name == "sleep"]
         assert len(sleepers) == 2, sessions
         assert len({sessions[pid][1] for pid in sleepers}) == 2, "the setsid child shares a session"
