@@ -1,4 +1,11 @@
-"""Command line of apbd-runner, and run() for commands that start a runner in-process."""
+"""Command line of apbd-runner, and run() for commands that start a runner in-process.
+
+Two settings exist for tests only and are absent from --help: `--builder
+test-trivial` writes an empty fake package instead of building, and the
+environment variable APBD_TEST_TIME_SCALE=F multiplies every timeout and the
+kill grace by F (0.01 turns the 300 s minimum build timeout into 3 s). The
+runner logs a warning when either is in use.
+"""
 
 from __future__ import annotations
 
