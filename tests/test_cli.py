@@ -108,7 +108,8 @@ def test_pack_folder_skips_build_leftovers(tmp_path):
 def test_help_lists_defaults_and_env(tmp_path):
     top = run_apbd("--help", timeout=30)
     assert top.returncode == 0
-    assert "serve" in top.stdout and "submit" in top.stdout
+    assert "serve" in top.stdout
+    assert "submit" in top.stdout
 
     serve = run_apbd("serve", "--help", timeout=30)
     assert serve.returncode == 0
@@ -122,14 +123,14 @@ def test_help_lists_defaults_and_env(tmp_path):
         assert text in submit_help.stdout, text
 
 
-def wait_until(predicate, timeout: float, what: str):
+def wait_until(predicate, timeout: float, description: str):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(0.1)
-    raise TimeoutError(what)
+    raise TimeoutError(description)
 
 
 def test_serve_runs_and_stops_both(tmp_path):

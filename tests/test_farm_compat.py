@@ -274,7 +274,8 @@ def test_client_submit_without_build_id(module_server, probe_tarball):
         assert status[key] == value, f"status?format=json differs from status-api in {key}"
     for entry in status["packages"] + status["logs"]:
         body = requests.get(f"{module_server.url}/build/{build_id}/download/{entry['filename']}", timeout=30)
-        assert body.status_code == 200 and body.content
+        assert body.status_code == 200
+        assert body.content
 
 
 def test_running_build_status_stream_and_cancel(module_server):

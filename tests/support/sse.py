@@ -15,7 +15,7 @@ class Event:
 
 
 def read_events(answer: requests.Response):
-    """Yield the events of a text/event-stream answer, splitting lines on LF only."""
+    """Yield the events of a text/event-stream response, splitting lines on LF only."""
     event, data, event_id, pending = "message", [], None, b""
     for chunk in answer.iter_content(chunk_size=None):
         pending += chunk
