@@ -144,6 +144,22 @@ def test_farm_retry_other_bytes_conflict(module_server, probe_build):
     assert set(body) >= {"error", "detail"}
 
 
+def test_farm_submit_with_extra_repos(module_server, probe_tarball):
+    build_id = str(uuid.uuid4())
+    repos = [{"name": "farm-extra", "url": "file:///srv/repo/$arch", "gpg_key_id": ""}]
+    fields = {"build_id": build_id, "build_timeout": "7200", "extra_repos": json.dumps(repos)}
+    files = {"build_tarball": ("build.tar.gz", probe_tarball, "application/gzip")}
+    answer = requests.post(f"{module_server.url}/build", data=fields, files=files, timeout=120)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["build_id"] == build_id
+
+    status = wait_for_status(module_server.url, build_id)
+    # The makepkg builder installs no dependencies, so the extra repository is never read.
+    assert status["status"] == "completed", status
+    assert "build.log" in [entry["filename"] for entry in status["logs"]]
+    assert module_server.spool.read_request(build_id)["extra_repos"][0]["name"] == "farm-extra"
+
+
 @pytest.mark.parametrize("value", ["299", "14401", "soon"])
 def test_build_timeout_out_of_range(module_server, probe_tarball, value):
     answer = farm_submit(module_server.url, str(uuid.uuid4()), probe_tarball, build_timeout=value)
