@@ -133,7 +133,7 @@ def wait_until(predicate, timeout: float, description: str):
     raise TimeoutError(description)
 
 
-def test_serve_runs_and_stops_both(tmp_path):
+def test_serve_builds_and_stops_both(tmp_path):
     make_reachable(tmp_path)
     spool_dir = tmp_path / "spool"
     port = free_port()
@@ -155,6 +155,13 @@ def test_serve_runs_and_stops_both(tmp_path):
                    f"no runner state file; log:\n{log_path.read_text()}")
         children = psutil.Process(serve.pid).children()
         assert len(children) == 2
+
+        built = run_apbd("submit", str(EXAMPLES_DIR / "mdtoc"), "--server", f"http://127.0.0.1:{port}",
+                         "--output", str(tmp_path / "out"), "--quiet")
+        assert built.returncode == 0, built.stderr + log_path.read_text()
+        assert (tmp_path / "out" / "any" / "mdtoc-1.2.0-1-any.pkg.tar.zst").is_file()
+        # Both children got --builds-dir through APB_BUILDS_DIR: the job lives in this spool.
+        assert len(list((spool_dir / "jobs").iterdir())) == 1
         commands = sorted(" ".join(child.cmdline()) for child in children)
         assert any("apbd.runner" in c for c in commands), commands
         assert any("apbd.web" in c for c in commands), commands
