@@ -180,6 +180,7 @@ def test_cleanup_page_lists_old_builds(web_server, spool):
     assert response.status_code == 200
     body = response.text
     assert 'id="disk-use"' in body
+    assert 'id="memory-use"' in body
     assert re.search(r"% used|\(\d+(\.\d+)? %\)", body)
     assert old in body
     assert fresh not in body

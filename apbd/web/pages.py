@@ -24,6 +24,7 @@ from urllib.parse import quote
 
 import bottle
 import jinja2
+import psutil
 
 from apbd import cleanup, limits, paths, spool as spool_format
 from apbd.errors import ApiError, not_found
@@ -235,7 +236,12 @@ def confirm_cancel(ctx, build_id: str):
 
 def cleanup_page(ctx):
     plan = cleanup.plan_cleanup(ctx.spool)
-    return html_response(render(ctx, "cleanup.html", plan=plan, max_age_days=plan["max_age_days"]))
+    memory = psutil.virtual_memory()
+    return html_response(render(ctx, "cleanup.html", plan=plan, max_age_days=plan["max_age_days"],
+                                memory={"percentage": memory.percent, "available": memory.available,
+                                        "total": memory.total},
+                                memory_threshold=limits.MEMORY_CLEANUP_PERCENT,
+                                disk_threshold=limits.DISK_CLEANUP_PERCENT))
 
 
 def serve_static(filepath: str):
