@@ -109,6 +109,9 @@ def create_server(ctx: WebContext, host: str, port: int):
 def serve(args: argparse.Namespace) -> int:
     """Run apbd-web with parsed options until SIGTERM or SIGINT; return the exit status."""
     ctx = make_context(args)
+    # A publisher killed mid-upload leaves its staging folder behind; remove it at start.
+    for name in ctx.spool.remove_stale_staging():
+        log.warning("removed %s from the spool's tmp/: its process is gone", name)
     # waitress spools large request bodies with tempfile; keep them on the spool's disk, not in a tmpfs /tmp.
     tempfile.tempdir = str(ctx.spool.staging)
     server = create_server(ctx, args.host, args.port)
