@@ -1,17 +1,21 @@
-"""The floor for JSON routes: a bare Bottle route on waitress returning a constant JSON body.
+"""The floor for JSON routes and uploads: bare Bottle routes on waitress.
 
 Run as `python -m bench.bare --port P --size BYTES --threads N`. The body is a
 JSON object padded to exactly BYTES bytes, so it matches the size of the apbd
-answer it is compared with.
+answer it is compared with. A POST to any path copies its body to a file in
+--upload-dir and returns the same body.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 
 import bottle
 import waitress
+
+UPLOAD_CHUNK = 1024 * 1024
 
 
 def constant_body(size: int) -> bytes:
@@ -25,6 +29,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--size", type=int, required=True, help="body size in bytes")
     parser.add_argument("--threads", type=int, required=True, help="waitress worker threads")
+    parser.add_argument("--upload-dir", default=tempfile.gettempdir(), help="where POST bodies are written")
+    parser.add_argument("--max-request-size", type=int, default=1 << 30, help="largest POST body, in bytes")
     args = parser.parse_args()
     body = constant_body(args.size)
     app = bottle.Bottle()
@@ -35,7 +41,23 @@ def main() -> None:
         bottle.response.content_type = "application/json"
         return body
 
-    waitress.serve(app, host="127.0.0.1", port=args.port, threads=args.threads, _quiet=True)
+    @app.post("/<path:path>")
+    def store(path: str = "") -> bytes:
+        """Copy the request body to a file in --upload-dir: the least an upload costs on waitress."""
+        left = bottle.request.content_length
+        stream = bottle.request.environ["wsgi.input"]
+        with tempfile.NamedTemporaryFile(dir=args.upload_dir) as out:
+            while left > 0:
+                chunk = stream.read(min(left, UPLOAD_CHUNK))
+                if not chunk:
+                    break
+                out.write(chunk)
+                left -= len(chunk)
+        bottle.response.content_type = "application/json"
+        return body
+
+    waitress.serve(app, host="127.0.0.1", port=args.port, threads=args.threads,
+                   max_request_body_size=args.max_request_size, _quiet=True)
 
 
 if __name__ == "__main__":

@@ -165,11 +165,11 @@ def start_runner(spool_root: Path, log_dir: Path, args: list[str] = (), env: dic
     return RunnerChild(spool_root, log_dir, args, env)
 
 
-def start_bare(log_dir: Path, body_size: int, threads: int) -> HttpChild:
+def start_bare(log_dir: Path, body_size: int, threads: int, args: list[str] = ()) -> HttpChild:
     """Start the bare Bottle-on-waitress route (bench/bare.py) serving a constant JSON of body_size bytes."""
     port = free_port()
     argv = [sys.executable, "-m", "bench.bare", "--port", str(port), "--size", str(body_size),
-            "--threads", str(threads)]
+            "--threads", str(threads), *args]
     return HttpChild("bare", argv, log_dir / f"bare-{port}.log", port, ready_path="/")
 
 

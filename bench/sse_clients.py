@@ -24,7 +24,15 @@ BUCKETS = 30_000
 
 
 class Follower:
-    """One connection's state: the next expected SEQ and what went wrong."""
+    """One connection's state: the next expected SEQ and what went wrong.
+
+    500 followers at 1,000 lines/s each are 500,000 lines/s, more than Python
+    can parse one by one on the machine that also runs the server. So each
+    chunk read from the socket is checked as a whole: bytes.count() counts its
+    lines, its first and last line must carry the next expected SEQ and that
+    plus the count minus one, and every line of the chunk is booked at the
+    latency of its first (oldest) line, which overstates the latency of the rest.
+    """
 
     def __init__(self, histogram: list[int], lines: int):
         self.histogram = histogram
@@ -39,20 +47,26 @@ class Follower:
 
     def feed(self, chunk: bytes, now: float) -> None:
         data = self.pending + chunk
-        lines = data.split(b"\n")
-        self.pending = lines.pop()
-        for line in lines:
-            at = line.find(MARK)
-            if at < 0:
-                continue
-            seq_text, _, stamp = line[at + len(MARK):].partition(b" ")
-            seq = int(seq_text)
-            if seq != self.next_seq:
-                self.errors.append(f"got line {seq}, expected {self.next_seq}")
-                return
-            self.next_seq += 1
-            bucket = int((now - float(stamp)) / BUCKET_S)
-            self.histogram[max(0, min(BUCKETS - 1, bucket))] += 1
+        end = data.rfind(b"\n") + 1
+        self.pending = data[end:]
+        count = data.count(MARK, 0, end)
+        if not count:
+            return
+        first_seq, first_stamp = self.parse_line(data, data.find(MARK, 0, end))
+        last_seq, _ = self.parse_line(data, data.rfind(MARK, 0, end))
+        if first_seq != self.next_seq or last_seq != self.next_seq + count - 1:
+            self.errors.append(f"got lines {first_seq}..{last_seq} ({count} lines), expected {self.next_seq} next")
+            return
+        self.next_seq += count
+        bucket = int((now - first_stamp) / BUCKET_S)
+        self.histogram[max(0, min(BUCKETS - 1, bucket))] += count
+
+    @staticmethod
+    def parse_line(data: bytes, at: int) -> tuple[int, float]:
+        """Return SEQ and TIME of the line whose MARK starts at offset at."""
+        line = data[at + len(MARK): data.find(b"\n", at)]
+        seq_text, _, stamp = line.partition(b" ")
+        return int(seq_text), float(stamp)
 
 
 async def follow_stream(host, port, path, follower: Follower, connected: asyncio.Event, counter: list) -> None:
