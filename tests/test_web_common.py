@@ -235,3 +235,20 @@ def test_python_m_apbd_web_serves(spool, tmp_path):
         assert info["supported_architecture"] == "aarch64"
     finally:
         server.stop()
+
+
+def test_slow_queue_scan_moves_to_background(spool, monkeypatch):
+    from apbd.web import api
+
+    counter = api.QueueCounter()
+    add_build(spool, state="queued")
+    assert counter.counts(spool) == (1, 0)
+    monkeypatch.setattr(api, "SLOW_SCAN_S", 0.0)
+    monkeypatch.setattr(api, "QUEUE_COUNT_CACHE_S", 0.0)
+    add_build(spool, state="queued")
+    # The first scan counts as slow now: the request gets the last count at once.
+    assert counter.counts(spool) == (1, 0)
+    deadline = time.monotonic() + 5
+    while counter.counts(spool) != (2, 0) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert counter.counts(spool) == (2, 0)
