@@ -57,6 +57,8 @@ setup(
             "requests",
             "hypothesis",
             "selenium",
+            "schemathesis",
+            "openapi-spec-validator",
         ],
     },
     entry_points={
