@@ -20,7 +20,7 @@ from tests.doubles.jobs import build_log, make_spool, publish, runner_state, tri
 from tests.support.servers import Runner
 
 DOUBLES = Path(__file__).resolve().parent / "doubles"
-PRESERVED = "--preserve-env=PKGDEST,SRCDEST,SRCPKGDEST,LOGDEST,APBD_BUILD_ID"
+PRESERVED = "--preserve-env=PKGDEST,SRCDEST,SRCPKGDEST,LOGDEST,APBD_BUILD_ID,GNUPGHOME"
 
 
 def path_with_doubles() -> str:
@@ -37,7 +37,7 @@ def recorded_calls(buildroot: Path) -> list[dict]:
 def test_makechrootpkg_argv(build_tmp, architecture, prefix):
     spool = make_spool(build_tmp)
     buildroot = build_tmp / "buildroot"
-    buildroot.mkdir()
+    (buildroot / "root").mkdir(parents=True)
     runner = Runner(spool.root, build_tmp, ["--builder", "auto", "--architecture", architecture,
                                            "--buildroot", str(buildroot)],
                     env={"PATH": path_with_doubles()})

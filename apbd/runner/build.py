@@ -9,6 +9,7 @@ packages/ once the build has succeeded, write the final status and remove work/.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -18,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from apbd import limits
+from apbd import gpgkeys, limits, srcdest
 from apbd import spool as spool_format
 from apbd.runner.builders import Builder, WorkPaths
 from apbd.runner.process import BuildProcess, build_processes, signal_build
@@ -53,6 +54,9 @@ class RunnerContext:
     default_build_timeout: int
     stopping: threading.Event
     scale: float = 1.0
+    # makechrootpkg only: the buildroot (apbd.buildroot.BuildrootManager) and the shared SRCDEST.
+    buildroot: object | None = None
+    srcdest_dir: Path | None = None
 
 
 class Build:
@@ -101,13 +105,20 @@ class Build:
 
         self.prepare_work()
         command = self.ctx.builder.command(self.paths)
-        process = BuildProcess(self.build_id, command, self.job / spool_format.LOG_FILE)
-        self.spool.update_status(self.claim, build_pid=process.pid, build_pgid=process.pgid,
-                                 **({"build_started": process.create_time} if process.create_time else {}))
+        command.env["GNUPGHOME"] = str(self.prepare_keys())
+        host = self.hold_host_resources()
+        if host is None:
+            return self.finish_stopped_before_start(start)
         try:
-            state, reason = self.supervise(process, build_timeout, output_timeout)
+            process = BuildProcess(self.build_id, command, self.job / spool_format.LOG_FILE)
+            self.spool.update_status(self.claim, build_pid=process.pid, build_pgid=process.pgid,
+                                     **({"build_started": process.create_time} if process.create_time else {}))
+            try:
+                state, reason = self.supervise(process, build_timeout, output_timeout)
+            finally:
+                process.close()
         finally:
-            process.close()
+            host.close()
         end = time.time()
         exit_code = process.returncode
 
@@ -149,6 +160,48 @@ class Build:
         owner = self.ctx.builder.owner()
         if owner is not None:
             owner.chown_tree(self.paths.work)
+
+    def prepare_keys(self) -> Path:
+        """Make the build's GnuPG home with the keys of validpgpkeys; return its path for GNUPGHOME."""
+        status = self.spool.read_status(self.build_id) or {}
+        keys = gpgkeys.prepare_build_keys(self.paths.work, self.paths.startdir, status.get("validpgpkeys", []),
+                                          user=self.ctx.builder.owner(), build_id=self.build_id)
+        for warning in keys.warnings:
+            self.note(warning)
+        return keys.gnupghome
+
+    def stop_requested(self) -> bool:
+        return self.spool.cancel_requested(self.build_id) or self.ctx.stopping.is_set()
+
+    def hold_host_resources(self) -> contextlib.ExitStack | None:
+        """Take the buildroot and this pkgbase's SRCDEST lock; return None when stopped while waiting.
+
+        The SRCDEST lock is held for the whole build, because makechrootpkg
+        downloads the sources and builds in one command.
+        """
+        host = contextlib.ExitStack()
+        try:
+            if self.ctx.buildroot is not None:
+                host.enter_context(self.ctx.buildroot.use(self.build_id, self.note,
+                                                          should_stop=self.stop_requested))
+            pkgbase = (self.spool.read_status(self.build_id) or {}).get("pkgbase")
+            if self.ctx.srcdest_dir is not None and pkgbase:
+                host.enter_context(srcdest.acquire_srcdest_lock(self.ctx.srcdest_dir, pkgbase, on_wait=self.note,
+                                                                build_id=self.build_id))
+        except InterruptedError:
+            host.close()
+            return None
+        return host
+
+    def finish_stopped_before_start(self, start: float) -> dict:
+        if self.spool.cancel_requested(self.build_id):
+            state, reason = spool_format.CANCELLED, "Cancelled by request"
+        else:
+            state, reason = (spool_format.FAILED, "The runner stopped during the build "
+                             f"(runner {self.ctx.runner_id} was shut down)")
+        self.note(reason)
+        end = time.time()
+        return self.spool.finish(self.claim, state, reason=reason, end_time=end, duration=round(end - start, 3))
 
     def supervise(self, process: BuildProcess, build_timeout: int, output_timeout: int) -> tuple[str, str | None]:
         """Copy output until the build ends; stop it on timeout, cancel or shutdown.

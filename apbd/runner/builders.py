@@ -97,7 +97,7 @@ class MakechrootpkgBuilder(Builder):
                 f"architecture {self.architecture})"]
 
     def command(self, paths_: WorkPaths) -> Command:
-        keep = ",".join([*_DEST_VARS, BUILD_ID_ENV])
+        keep = ",".join([*_DEST_VARS, BUILD_ID_ENV, "GNUPGHOME"])
         argv = ["sudo", f"--preserve-env={keep}"]
         # Under ppc32, uname reports a 32-bit machine, so the chroot detects its 32-bit PowerPC userland.
         if hostinfo.needs_ppc32(self.architecture):

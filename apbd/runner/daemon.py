@@ -61,7 +61,8 @@ class Runner:
     """One runner process on one spool."""
 
     def __init__(self, spool: Spool, builder: Builder, *, architecture: str, max_concurrent: int,
-                 build_timeout: int, build_user: str | None, stop_event: threading.Event | None = None):
+                 build_timeout: int, build_user: str | None, stop_event: threading.Event | None = None,
+                 buildroot=None, srcdest_dir=None):
         self.spool = spool
         self.builder = builder
         self.architecture = architecture
@@ -73,7 +74,8 @@ class Runner:
         scale = time_scale()
         if scale != 1.0:
             log.warning("%s=%s: every timeout is scaled for tests", TIME_SCALE_ENV, scale)
-        self.ctx = RunnerContext(spool, self.runner_id, builder, build_timeout, threading.Event(), scale)
+        self.ctx = RunnerContext(spool, self.runner_id, builder, build_timeout, threading.Event(), scale,
+                                 buildroot=buildroot, srcdest_dir=srcdest_dir)
         self.drops = DropImporter(spool, build_user=build_user, build_timeout=build_timeout)
 
         self.wake = threading.Event()
@@ -261,6 +263,8 @@ class Runner:
             "buildroot_recreation_builds": [],
             "server_busy_with_buildroot": False,
         }
+        if self.ctx.buildroot is not None:
+            state.update(self.ctx.buildroot.state())
         try:
             spool_format.write_json_atomic(self.state_path, state)
         except OSError as e:

@@ -14,8 +14,9 @@ import logging
 import signal
 import threading
 
-from apbd import config
-from apbd.runner.builders import BUILDER_CHOICES, detect_architecture, make_builder
+from apbd import config, rlimits, srcdest
+from apbd.buildroot import BuildrootError, BuildrootManager
+from apbd.runner.builders import BUILDER_CHOICES, MAKECHROOTPKG, detect_architecture, make_builder
 from apbd.runner.daemon import Runner
 from apbd.spool import Spool
 
@@ -43,9 +44,22 @@ def run(args: argparse.Namespace, stop_event: threading.Event | None = None) -> 
     except ValueError as e:
         log.error("cannot start the runner: %s", e)
         return 2
+    rlimits.raise_soft_limits()
+    buildroot, srcdest_dir = None, None
+    if builder.name == MAKECHROOTPKG:
+        buildroot = BuildrootManager(args.buildroot, args.buildroot_autorecreate)
+        try:
+            buildroot.ensure()
+        except BuildrootError as e:
+            log.error("cannot start the runner: the buildroot %s could not be created: %s", args.buildroot, e)
+            return 2
+        srcdest_dir = srcdest.read_srcdest()
+        if srcdest_dir is not None:
+            srcdest.remove_orphaned_locks(srcdest_dir)
     runner = Runner(Spool(args.builds_dir), builder, architecture=architecture,
                     max_concurrent=args.max_concurrent, build_timeout=args.build_timeout,
-                    build_user=args.build_user, stop_event=stop_event)
+                    build_user=args.build_user, stop_event=stop_event,
+                    buildroot=buildroot, srcdest_dir=srcdest_dir)
     if stop_event is not None:
         # Wake the main loop at once when the caller stops it.
         threading.Thread(target=lambda: (stop_event.wait(), runner.wake.set()), daemon=True).start()
