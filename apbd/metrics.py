@@ -164,7 +164,7 @@ class SpoolStats:
                 self.refresh()
                 missing_reported = False
             except FileNotFoundError as e:
-                # The spool is gone (unmounted, or a test's folder removed); say so once.
+                # The spool is gone (unmounted, or a test's folder removed); log it once.
                 if not missing_reported:
                     log.warning("spool statistics: %s is missing: %s", self.spool.jobs, e)
                     missing_reported = True
