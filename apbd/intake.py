@@ -12,6 +12,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
+from typing import Callable
 
 from apbd import limits, metadata
 from apbd import spool as spool_format
@@ -74,14 +75,15 @@ def first_status(build_id: str, created_at: float, info: metadata.SrcInfo, *, so
 
 def create_job(spool: Spool, staging: Path, *, build_id: str, source: str, build_timeout: int | None,
                extra_repos: list | None, sha256: str, remote_addr: str | None,
-               build_user: str | None) -> dict:
+               build_user: str | None, before_publish: Callable[[], None] | None = None) -> dict:
     """Publish the job staged in `staging` (which contains src/PKGBUILD) and return its status.
 
     build_timeout None means the server default. When build_id exists with the
     same sha256 the existing status is returned with "retry": True; with a
     different sha256 ApiError 409 is raised. Raise ApiError 400 for a PKGBUILD
-    makepkg cannot read. On return or error `staging` is either published or
-    removed.
+    makepkg cannot read. before_publish runs right before the publishing rename
+    and may raise to stop it. On return or error `staging` is either published
+    or removed.
     """
     try:
         retry = existing_build(spool, build_id, sha256)
@@ -111,6 +113,8 @@ def create_job(spool: Spool, staging: Path, *, build_id: str, source: str, build
         status = first_status(build_id, created_at, info, source=source, build_timeout=timeout,
                               output_timeout=output_timeout, extra_repos=extra_repos or [])
 
+        if before_publish is not None:
+            before_publish()
         if not spool.publish(staging, request, status):
             # Another request with this id won the publishing rename a moment ago.
             retry = existing_build(spool, build_id, sha256)

@@ -129,3 +129,22 @@ def test_deadline_commit_and_expire():
     with pytest.raises(ApiError) as error:
         expired.commit()
     assert error.value.status == 408
+
+
+def test_upload_timing_out_during_metadata_is_not_published(spool):
+    from tests.test_web_common import make_tarball, submit
+
+    server = ThreadServer(spool.root, ["--submit-timeout", "1"])
+    try:
+        # makepkg sources the PKGBUILD twice while reading it, so this takes about 3 s.
+        slow = "sleep 1.5\npkgname=slow\npkgver=1\npkgrel=1\narch=(any)\npackage() { :; }\n"
+        answer = submit(server.url, make_tarball({"PKGBUILD": slow}), build_id="48ea1df5-f7f3-477e-a7a7-36e526ea7cd3")
+        assert answer.status_code == 408
+        deadline = time.monotonic() + 20
+        while list(spool.staging.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)
+        assert list(spool.staging.iterdir()) == []
+        assert spool.job_ids() == []
+    finally:
+        server.stop()

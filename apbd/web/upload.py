@@ -326,12 +326,9 @@ def submit_build(ctx) -> dict:
 
 
 def create_job_committed(ctx, staging: Path, **job) -> dict:
-    """Read the metadata, then publish unless the request timed out meanwhile."""
-    # NOTE: the request commits before create_job reads the PKGBUILD, so a
-    # timeout during that read (bounded by metadata.SRCINFO_TIMEOUT_S) still
-    # publishes the build and responds late instead of with 408.
-    current_deadline().commit()
-    return intake.create_job(ctx.spool, staging, build_user=getattr(ctx.args, "build_user", None), **job)
+    """Read the metadata and publish, unless the request timed out before the publishing rename."""
+    return intake.create_job(ctx.spool, staging, build_user=getattr(ctx.args, "build_user", None),
+                             before_publish=current_deadline().commit, **job)
 
 
 def accepted(build_id: str) -> dict:
