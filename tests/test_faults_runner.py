@@ -167,7 +167,8 @@ def test_kill_while_building(spool, tmp_path):
     finally:
         restarted.stop()
     assert status["status"] == "failed", status
-    assert "runner" in status["reason"] and "died" in status["reason"], status
+    assert "runner" in status["reason"], status
+    assert "died" in status["reason"], status
     log_text = (spool.job_dir(build_id) / "build.log").read_text(errors="replace")
     assert log_text.count(status["reason"]) == 1
     assert list((spool.job_dir(build_id) / "packages").glob("*")) == []

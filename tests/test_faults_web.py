@@ -98,7 +98,8 @@ def test_kill_during_intake_leaves_nothing(spool, tmp_path):
         if published:
             # The kill came after the publishing rename: the job must then be whole.
             job = spool.jobs / build_id
-            assert (job / "request.json").is_file() and (job / "status.json").is_file()
+            assert (job / "request.json").is_file()
+            assert (job / "status.json").is_file()
             assert (job / "queued").exists()
         else:
             assert os.listdir(spool.jobs) == []

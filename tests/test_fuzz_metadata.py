@@ -1,7 +1,7 @@
 """Property tests of the PKGBUILD metadata reader (apbd.metadata).
 
 read_srcinfo runs the real makepkg in the sandbox (about half a second per
-PKGBUILD), so its properties get a few dozen examples; the pure parsers get
+PKGBUILD), so its properties get eight examples each; the pure parsers get
 hundreds. The PKGBUILDs print fake .SRCINFO lines from their top-level code,
 because that output comes before makepkg's own and must never be taken for it.
 """
@@ -115,9 +115,13 @@ def test_read_srcinfo_garbage(tmp_path_factory, prefix, garbage):
         assert e.detail
         assert "Traceback" not in e.detail
     else:
-        assert info.pkgbase and info.pkgnames and info.pkgver and info.pkgrel
+        assert info.pkgbase
+        assert info.pkgnames
+        assert info.pkgver
+        assert info.pkgrel
         assert all(name and "\n" not in name for name in info.pkgnames)
-        assert "-" not in info.pkgver and ":" not in info.pkgver
+        assert "-" not in info.pkgver
+        assert ":" not in info.pkgver
 
 
 def test_read_srcinfo_confined(tmp_path_factory):
@@ -158,4 +162,7 @@ def test_parse_srcinfo_only_invalid_pkgbuild(text):
     except InvalidPkgbuild as e:
         assert e.detail
     else:
-        assert info.pkgbase and info.pkgnames and info.pkgver and info.pkgrel
+        assert info.pkgbase
+        assert info.pkgnames
+        assert info.pkgver
+        assert info.pkgrel

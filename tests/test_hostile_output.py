@@ -113,7 +113,8 @@ def test_output_json_safe(site):
     assert all(isinstance(line, str) for line in lines)
     assert "\ufffd" in lines[1]
     assert lines[1].endswith(" end")
-    assert "carriage return" in lines[2] and "data: forged" in lines[2]
+    assert "carriage return" in lines[2]
+    assert "data: forged" in lines[2]
     assert lines[4] == "nul\x00byte\x00"
     assert lines[5] == "event: complete"
     assert lines[11] == SCRIPT.decode()
@@ -153,7 +154,8 @@ def test_stream_no_forged_fields(site):
             assert event["fields"].count("event") == 1, event["fields"]
             assert "retry" not in event["fields"]
     outputs = [e["data"] for e in events if e["event"] == "output"]
-    assert "carriage return" in outputs[2] and "data: forged" in outputs[2]
+    assert "carriage return" in outputs[2]
+    assert "data: forged" in outputs[2]
     assert outputs[5] == "event: complete"
     assert outputs[6].startswith("data: {")
     assert outputs[8] == "retry: 1"

@@ -447,11 +447,11 @@ def test_idle_connections_do_not_block_others(box):
 
 @pytest.mark.slow
 def test_gzip_bomb_single_member_refused(tmp_path, spool):
-    """A 6 GiB member in a 6 MiB upload: refused by the per-file limit, nothing extracted."""
+    """A 2 GiB member in a 2 MiB upload: refused by the per-file limit, nothing extracted."""
     server = WebServer(spool.root, tmp_path)
     try:
         bomb = tmp_path / "bomb.tar.gz"
-        expands = hostile.write_gzip_bomb(bomb, 6 * 1024 ** 3, 1)
+        expands = hostile.write_gzip_bomb(bomb, 2 * 1024 ** 3, 1)
         assert bomb.stat().st_size < 16 * 1024 * 1024 < expands
         build_id = new_id()
         started = time.monotonic()
@@ -459,7 +459,7 @@ def test_gzip_bomb_single_member_refused(tmp_path, spool):
         assert answer.status_code == 413, answer.text
         body = error_shape(answer)
         assert "zeros-0000" in body["detail"] or "bytes" in body["detail"]
-        assert time.monotonic() - started < 120
+        assert time.monotonic() - started < 60
         assert_nothing_left(spool, tmp_path, build_id)
     finally:
         server.stop()
@@ -519,7 +519,8 @@ def test_trickle_upload_times_out(spool, tmp_path):
                     break
             waited = time.monotonic() - started
         assert reply.startswith(b"HTTP/1.1 408"), reply[:300]
-        assert b'"error"' in reply and b'"detail"' in reply, reply
+        assert b'"error"' in reply, reply
+        assert b'"detail"' in reply, reply
         assert waited < submit_timeout + 5, f"408 came after {waited:.1f} s"
         assert wait_staging_empty(spool) == []
         assert os.listdir(spool.jobs) == []

@@ -102,7 +102,8 @@ def assert_not_served(status: int, head: bytes, body: bytes) -> None:
     assert b"Traceback" not in body
     if b"application/json" in head.lower():
         reply = json.loads(body)
-        assert reply.get("error") and reply.get("detail"), reply
+        assert reply.get("error"), reply
+        assert reply.get("detail"), reply
 
 
 HOSTILE_NAMES = [
