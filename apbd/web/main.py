@@ -98,6 +98,9 @@ def create_server(ctx: WebContext, host: str, port: int):
         # poll() instead of select(): select() cannot watch a file descriptor
         # above 1023 and raises, which stops the whole server.
         asyncore_use_poll=True,
+        # Read from a connection while its request runs, so a stream client that
+        # went away is seen within a second, not at the next heartbeat.
+        channel_request_lookahead=1,
         ident="apbd",
         clear_untrusted_proxy_headers=True,
     )
