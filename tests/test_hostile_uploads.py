@@ -117,7 +117,6 @@ HOSTILE_MEMBERS = {
 @pytest.mark.parametrize("case", sorted(HOSTILE_MEMBERS))
 def test_hostile_member_refused(box, case):
     marker = marker_name()
-    Path("/tmp", "apbd-escape-target").mkdir(exist_ok=True)
     tarball = make_tarball(HOSTILE_MEMBERS[case](marker))
     body = refuse(box, tarball, marker=marker)
     assert len(body["detail"]) > 10
@@ -211,6 +210,20 @@ def test_form_without_file_refused(box):
     server, spool, root = box
     build_id = new_id()
     answer = requests.post(f"{server.url}/build", files={"build_id": (None, build_id)}, timeout=30)
+    assert answer.status_code == 400, answer.text
+    error_shape(answer)
+    assert_nothing_left(spool, root, build_id)
+
+
+@pytest.mark.parametrize("parts", [["build_tarball", "build_tarball"], ["build_tarball", "pkgbuild"],
+                                   ["pkgbuild", "pkgbuild"]])
+def test_ambiguous_file_parts_refused(box, parts):
+    server, spool, root = box
+    build_id = new_id()
+    payload = {"build_tarball": ("build.tar.gz", good_tarball(), "application/gzip"),
+               "pkgbuild": ("PKGBUILD", PKGBUILD, "text/plain")}
+    files = [(name, payload[name]) for name in parts]
+    answer = requests.post(f"{server.url}/build", files=files, data={"build_id": build_id}, timeout=60)
     assert answer.status_code == 400, answer.text
     error_shape(answer)
     assert_nothing_left(spool, root, build_id)
