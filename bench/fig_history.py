@@ -36,6 +36,8 @@ def run(ctx) -> list[Row]:
     index_times = {"large": [], "small": []}
     with procs.start_web(large.root, folder, ready_path=ready) as web_large, \
             procs.start_web(small.root, folder, ready_path=ready) as web_small:
+        # apbd-web reads every job's status.json once at start for /metrics; measure after that.
+        settle = {"large": web_large.wait_idle(), "small": web_small.wait_idle()}
         probers = {"large": Prober(web_large.url), "small": Prober(web_small.url)}
         for label, path in QUERIES.items():
             for size, prober in probers.items():
@@ -59,7 +61,8 @@ def run(ctx) -> list[Row]:
         rows.append(Row(label, fmt_ms(a), fmt_ms(f), fmt_ratio(a, f), "p50 <= 10 ms and <= 2x at 100 builds",
                         a <= GOAL_P50_S and a <= GOAL_RATIO * f,
                         f"p50 with {large_count} builds vs {SMALL_COUNT} builds (floor column); "
-                        f"p99 {fmt_ms(p99)}"))
+                        f"p99 {fmt_ms(p99)}; measured once the web was idle, {settle['large']:.0f} s after start "
+                        f"({settle['small']:.0f} s at {SMALL_COUNT} builds)"))
     a, f = percentile(index_times["large"], 0.5), percentile(index_times["small"], 0.5)
     rows.append(Row(ROWS[-1][0], fmt_ms(a), fmt_ms(f), fmt_ratio(a, f),
                     ROWS[-1][1], a <= GOAL_P50_S,

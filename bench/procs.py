@@ -69,6 +69,17 @@ class Child:
         except psutil.NoSuchProcess:
             return 0
 
+    def wait_idle(self, busy_fraction: float = 0.2, window: float = 1.0, timeout: float = 120.0) -> float:
+        """Wait until the process uses less than busy_fraction of a core over window; return the seconds waited."""
+        proc = psutil.Process(self.pid)
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            before = sum(proc.cpu_times()[:2])
+            time.sleep(window)
+            if sum(proc.cpu_times()[:2]) - before < busy_fraction * window:
+                break
+        return time.monotonic() - started
+
     def log_tail(self, lines: int = 40) -> str:
         try:
             text = self.log_path.read_text(errors="replace")
