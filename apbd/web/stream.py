@@ -53,6 +53,8 @@ BATCH_LINES = 500
 SETTLE_S = 0.2
 # Seconds a client should wait before retrying when every stream slot is taken.
 RETRY_AFTER_S = 5
+# Seconds between two warnings about rejected streams.
+REJECT_LOG_INTERVAL_S = 10.0
 
 
 def encode_event(event: str, data: str, event_id: int) -> bytes:
@@ -89,6 +91,8 @@ class StreamSlots:
 
     def __init__(self):
         self.open = 0
+        self.rejected = 0
+        self.last_warning = float("-inf")
         self._lock = threading.Lock()
 
     def acquire(self, capacity: int) -> bool:
@@ -101,6 +105,17 @@ class StreamSlots:
     def release(self) -> None:
         with self._lock:
             self.open -= 1
+
+    def warn_rejected(self, build_id: str, capacity: int) -> None:
+        """Log a rejected stream, at most once per REJECT_LOG_INTERVAL_S with the count since."""
+        with self._lock:
+            self.rejected += 1
+            now = time.monotonic()
+            if now - self.last_warning < REJECT_LOG_INTERVAL_S:
+                return
+            count, self.rejected, self.last_warning = self.rejected, 0, now
+        log.warning("build %s: stream rejected because all %d stream slots are open "
+                    "(%d rejected since the last warning); raise --threads for more", build_id, capacity, count)
 
 
 def stream_capacity(ctx) -> int:
@@ -235,7 +250,7 @@ def install(app: bottle.Bottle, ctx) -> None:
                                          or bottle.request.query.get("last_event_id"))
         capacity = stream_capacity(ctx)
         if not slots.acquire(capacity):
-            log.warning("build %s: stream rejected, all %d stream slots are open", build_id, capacity)
+            slots.warn_rejected(build_id, capacity)
             response = json_error(503, "Too many streams",
                                   f"All {capacity} live-output streams are open; retry later or "
                                   f"poll /build/{build_id}/output")
