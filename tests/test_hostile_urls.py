@@ -212,3 +212,21 @@ def test_other_hostile_paths(site, target):
     assert PASSWD_MARK not in body
     assert b"def publish" not in body
     assert SECRET.encode() not in body
+
+
+LONG = "a" * 300
+
+
+@pytest.mark.parametrize("target", [
+    "/static/" + LONG, "/static/css/" + LONG, "/build/{id}/download/" + LONG, "/build/{id}/view/" + LONG,
+    "/build/{id}/view/src/" + LONG, "/builds/pkgname/" + LONG, "/builds/pkgname/" + LONG + "/latest",
+    "/builds/pkgname/" + LONG + "/latest/download/log", "/build/" + LONG + "/status-api",
+])
+def test_overlong_names_not_found(site, target):
+    """A name longer than the filesystem allows (ENAMETOOLONG) is just not found, and no server path leaks."""
+    server, spool, build_id, other_id = site
+    status, head, body = raw_get(server.port, target.format(id=build_id).encode())
+    assert status in (400, 404), (status, body[:300])
+    assert str(spool.root).encode() not in body
+    assert b"/www/" not in body
+    assert b"Errno" not in body
