@@ -221,3 +221,14 @@ def test_truncated_body_is_400(web, spool):
     assert answer.startswith(b"HTTP/1.1 400")
     assert b"incomplete" in answer
     assert_nothing_staged(spool)
+
+
+def test_body_too_big_for_disk_is_503_before_reading(web, spool):
+    web.server.apbd_disk_check = lambda size: f"{size} bytes do not fit" if size > 1000 else None
+    head = (b"POST /build HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=zz\r\n"
+            b"Content-Length: 5000000\r\n\r\n")
+    answer = raw_request(web.port, head)
+    assert answer.startswith(b"HTTP/1.1 503")
+    assert b'"error": "Insufficient disk space"' in answer
+    assert b"5000000 bytes do not fit" in answer
+    assert submit(web.url, GOOD).status_code == 200

@@ -19,6 +19,7 @@ import bottle
 
 from apbd.errors import ApiError
 from apbd.spool import Spool
+from apbd.web.timeouts import DISK_FULL_ERRNOS
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,14 @@ def api_errors_plugin(callback):
             raise
         except ApiError as e:
             return json_response(e.status, e.to_json())
+        except OSError as e:
+            if e.errno not in DISK_FULL_ERRNOS:
+                log.exception("%s %s failed", bottle.request.method, bottle.request.path)
+                return json_response(500, internal_error(e))
+            log.warning("%s %s failed: the disk is full: %s", bottle.request.method, bottle.request.path, e)
+            return json_response(503, {"error": "Insufficient disk space",
+                                       "detail": f"No space left on the server's disk ({e.strerror}); "
+                                                 "try again after old builds are cleaned up"})
         except Exception as e:
             log.exception("%s %s failed", bottle.request.method, bottle.request.path)
             return json_response(500, internal_error(e))

@@ -81,6 +81,15 @@ def connection_limit() -> int:
     return max(100, min(MAX_CONNECTIONS, soft - RESERVED_FDS))
 
 
+def upload_disk_check(ctx: WebContext):
+    """Return a function telling why a body of n bytes does not fit on the spool's disk, or None."""
+    try:
+        from apbd.monitor import low_disk_reason
+    except ImportError:
+        return None
+    return lambda needed_bytes: low_disk_reason(ctx.spool, needed_bytes)
+
+
 def create_server(ctx: WebContext, host: str, port: int):
     """Create (not start) the waitress server for ctx; port 0 picks a free port."""
     args = ctx.args
@@ -104,7 +113,8 @@ def create_server(ctx: WebContext, host: str, port: int):
         ident="apbd",
         clear_untrusted_proxy_headers=True,
     )
-    install_on_server(server, submit_timeout=submit_timeout(args), idle_timeout=request_timeout(args))
+    install_on_server(server, submit_timeout=submit_timeout(args), idle_timeout=request_timeout(args),
+                      disk_check=upload_disk_check(ctx))
     server.apbd_app = app
     return server
 

@@ -21,6 +21,7 @@ only times the handler, and a download's body is sent after the handler returns.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import threading
@@ -40,6 +41,9 @@ log = logging.getLogger(__name__)
 
 TIMEOUT_ERROR = "Request timeout"
 TIMEOUT_DETAIL = "Request took too long to process"
+
+# OSError numbers meaning the disk (or the user's quota) is full.
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 _local = threading.local()
 
@@ -172,6 +176,7 @@ class RequestTimeout(WaitressError):
 WAITRESS_ERROR_TITLES = {
     400: "Bad request",
     408: TIMEOUT_ERROR,
+    503: "Insufficient disk space",
     413: "File too large",
     431: "Request header fields too large",
     500: "Internal server error",
@@ -204,24 +209,59 @@ class TimedParser(HTTPRequestParser):
         self.started = time.monotonic()
 
 
+class InsufficientStorage(WaitressError):
+    code = 503
+    reason = "Service Unavailable"
+
+
 class TimeoutChannel(HTTPChannel):
     error_task_class = JsonErrorTask
     parser_class = TimedParser
     timed_out = False
 
     def received(self, data):
-        # After a 408 the rest of the body is read and dropped, never parsed as a request.
+        # After an error response the rest of the body is dropped, never parsed as a request.
         if self.timed_out:
             return False
-        return super().received(data)
+        try:
+            result = super().received(data)
+        except OSError as e:
+            # waitress could not buffer the body to its temporary file.
+            if e.errno not in DISK_FULL_ERRNOS:
+                raise
+            log.warning("request from %s: no space left to buffer its body", self.addr)
+            self.answer_error(InsufficientStorage("No space left on the server's disk for this request; "
+                                                  "try again after old builds are cleaned up"))
+            return False
+        self.check_body_space()
+        return result
+
+    def check_body_space(self) -> None:
+        """Reject a body the spool's disk cannot take as soon as its headers have arrived."""
+        request = self.request
+        disk_check = getattr(self.server, "apbd_disk_check", None)
+        if request is None or disk_check is None or not request.headers_finished:
+            return
+        if getattr(request, "space_checked", False) or not request.content_length:
+            return
+        request.space_checked = True
+        reason = disk_check(request.content_length)
+        if reason:
+            log.warning("request from %s with a %d-byte body rejected: %s", self.addr, request.content_length,
+                        reason)
+            self.answer_error(InsufficientStorage(reason))
 
     def answer_timeout(self, detail: str) -> None:
         """Respond 408 to the request still arriving and close the connection after it."""
+        self.answer_error(RequestTimeout(detail))
+
+    def answer_error(self, error: WaitressError) -> None:
+        """Respond with error to the request still arriving and close the connection after it."""
         with self.requests_lock:
             request = self.request
             if request is None or request.completed:
-                return
-            request.error = RequestTimeout(detail)
+                request = self.parser_class(self.adj)
+            request.error = error
             request.completed = True
             self.request = None
             self.timed_out = True
@@ -248,12 +288,17 @@ def find_late_requests(server: BaseWSGIServer, now_monotonic: float, submit_time
             channel.answer_timeout(f"The client sent nothing for {idle_timeout:g} s")
 
 
-def install_on_server(server, *, submit_timeout: float, idle_timeout: float) -> None:
-    """Make a waitress server (from create_server) answer late uploads with 408 and errors in JSON."""
+def install_on_server(server, *, submit_timeout: float, idle_timeout: float, disk_check=None) -> None:
+    """Make a waitress server (from create_server) respond 408 to late uploads, and errors in JSON.
+
+    disk_check(content_length) returns why a body of that size cannot be
+    stored now, or None; such a request gets 503 before its body is read.
+    """
     servers = [server] if isinstance(server, BaseWSGIServer) else [
         s for s in getattr(server, "map", {}).values() if isinstance(s, BaseWSGIServer)]
     for one in servers:
         one.channel_class = TimeoutChannel
+        one.apbd_disk_check = disk_check
         plain_maintenance = one.maintenance
 
         def maintenance(now, one=one, plain_maintenance=plain_maintenance):
