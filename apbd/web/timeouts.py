@@ -12,8 +12,11 @@ WSGI code runs:
   responds 408 itself when the handler has not returned within the submit
   timeout (POST /build) or the request timeout (everything else). The waitress
   worker is free again at once. Python cannot stop a thread, so the handler runs
-  on: it sees its Deadline expired at the next check(), removes its partial
-  files and raises, and commit() makes sure it never publishes after a 408.
+  on: its Deadline raises 408 at the next check(), so it removes its partial
+  files, and commit() makes sure it never publishes after a 408.
+
+The channel also responds 503 as soon as a request's headers announce a body
+the spool's disk cannot take, and when buffering a body runs out of space.
 
 Streams (/build/ID/stream) and file downloads have no timeout: the middleware
 only times the handler, and a download's body is sent after the handler returns.
@@ -185,7 +188,7 @@ WAITRESS_ERROR_TITLES = {
 
 
 class JsonErrorTask(ErrorTask):
-    """waitress's error answer, in the API's JSON shape instead of plain text."""
+    """waitress's error response, in the API's JSON shape instead of plain text."""
 
     def execute(self):
         error = self.request.error
@@ -230,7 +233,7 @@ class TimeoutChannel(HTTPChannel):
             if e.errno not in DISK_FULL_ERRNOS:
                 raise
             log.warning("request from %s: no space left to buffer its body", self.addr)
-            self.answer_error(InsufficientStorage("No space left on the server's disk for this request; "
+            self.respond_error(InsufficientStorage("No space left on the server's disk for this request; "
                                                   "try again after old builds are cleaned up"))
             return False
         self.check_body_space()
@@ -249,13 +252,13 @@ class TimeoutChannel(HTTPChannel):
         if reason:
             log.warning("request from %s with a %d-byte body rejected: %s", self.addr, request.content_length,
                         reason)
-            self.answer_error(InsufficientStorage(reason))
+            self.respond_error(InsufficientStorage(reason))
 
-    def answer_timeout(self, detail: str) -> None:
+    def respond_timeout(self, detail: str) -> None:
         """Respond 408 to the request still arriving and close the connection after it."""
-        self.answer_error(RequestTimeout(detail))
+        self.respond_error(RequestTimeout(detail))
 
-    def answer_error(self, error: WaitressError) -> None:
+    def respond_error(self, error: WaitressError) -> None:
         """Respond with error to the request still arriving and close the connection after it."""
         with self.requests_lock:
             request = self.request
@@ -282,10 +285,10 @@ def find_late_requests(server: BaseWSGIServer, now_monotonic: float, submit_time
         if now_monotonic - request.started > submit_timeout:
             log.warning("request from %s not fully received within %g s: responded 408", channel.addr,
                         submit_timeout)
-            channel.answer_timeout(f"The request did not arrive completely within {submit_timeout:g} s")
+            channel.respond_timeout(f"The request did not arrive completely within {submit_timeout:g} s")
         elif channel.last_activity < cutoff:
             log.warning("request from %s sent nothing for %g s: responded 408", channel.addr, idle_timeout)
-            channel.answer_timeout(f"The client sent nothing for {idle_timeout:g} s")
+            channel.respond_timeout(f"The client sent nothing for {idle_timeout:g} s")
 
 
 def install_on_server(server, *, submit_timeout: float, idle_timeout: float, disk_check=None) -> None:
