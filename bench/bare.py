@@ -2,7 +2,7 @@
 
 Run as `python -m bench.bare --port P --size BYTES --threads N`. The body is a
 JSON object padded to exactly BYTES bytes, so it matches the size of the apbd
-answer it is compared with. A POST to any path copies its body to a file in
+response it is compared with. A POST to any path copies its body to a file in
 --upload-dir and returns the same body.
 """
 

@@ -1,4 +1,4 @@
-"""What every figure gets: the smoke switch, a temporary folder, and a log of progress."""
+"""The context every figure runs in: the smoke switch, a temporary folder, and a progress log."""
 
 from __future__ import annotations
 

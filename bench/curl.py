@@ -16,16 +16,16 @@ def _run(argv: list[str], timeout: float) -> tuple[int, int, int, float]:
 
 
 def download(url: str, timeout: float = 600) -> tuple[int, float]:
-    """GET url into /dev/null; return (bytes received, seconds); raise unless it answered 200."""
+    """GET url into /dev/null; return (bytes received, seconds); raise unless it returned 200."""
     code, down, _, total = _run(["curl", "-sS", "-o", "/dev/null", "-w", WRITE_OUT, url], timeout)
     if code != 200:
-        raise RuntimeError(f"GET {url} answered {code}")
+        raise RuntimeError(f"GET {url} returned HTTP {code}")
     return down, total
 
 
 def upload(url: str, fields: dict[str, str], file_field: str, path, content_type: str,
            timeout: float = 600) -> tuple[int, bytes, float]:
-    """POST a multipart form streaming path from disk; return (HTTP status, answer, seconds)."""
+    """POST a multipart form streaming path from disk; return (HTTP status, response body, seconds)."""
     argv = ["curl", "-sS", "-o", "-", "-w", "\n" + WRITE_OUT, "-H", "Expect:"]
     for name, value in fields.items():
         argv += ["-F", f"{name}={value}"]

@@ -1,6 +1,6 @@
 """The floor of every build figure: the runner's own builder command, started directly.
 
-make_builder() asks apbd.runner.builders for the makepkg builder exactly as
+make_builder() gets from apbd.runner.builders the makepkg builder exactly as
 apbd-runner makes it (same argv, sandbox, environment and build user), and
 prepare_work() lays out a work folder as the runner does (work/build holds the
 sources, work/pkgdest and work/home beside it, all owned by the build user).

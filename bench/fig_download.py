@@ -17,12 +17,14 @@ def run(ctx) -> list[Row]:
     size = ctx.pick(1 << 30, 8 << 20)
     folder = ctx.folder("download")
     spool = ctx.spool(folder)
+
     big = bigfile.write_big_file(folder / "big.bin", size)
     build_id = jobs.add_finished_job(spool, "bench-download", {f"packages/{FILENAME}": big,
                                                                "build.log": b"==> Finished\n"})
     www = folder / "www"
     www.mkdir()
     (www / FILENAME).hardlink_to(big)
+
     apbd_times, floor_times = [], []
     with procs.start_web(spool.root, folder) as web, procs.start_nginx(www, folder / "nginx") as nginx:
         with procs.RssSampler([web]) as rss:
@@ -31,12 +33,14 @@ def run(ctx) -> list[Row]:
                 if got != size:
                     raise RuntimeError(f"nginx sent {got} of {size} bytes")
                 floor_times.append(seconds)
+
                 got, seconds = download(f"{web.url}/build/{build_id}/download/{FILENAME}")
                 if got != size:
                     raise RuntimeError(f"apbd sent {got} of {size} bytes")
                 apbd_times.append(seconds)
         growth = rss.max_rss[web.name] - rss.start_rss[web.name]
         start_rss = rss.start_rss[web.name]
+
     a, f = size / median(apbd_times), size / median(floor_times)
     return [
         Row("download throughput", fmt_rate(a), fmt_rate(f), fmt_ratio(a, f), ">= 50 % of nginx",

@@ -146,6 +146,6 @@ def run(ctx) -> list[Row]:
         Row("followers web RSS", fmt_mb(rss.max_rss[web.name]), fmt_mb(rss.start_rss[web.name]), "-",
             "<= 300 MB", rss.max_rss[web.name] <= GOAL_RSS, "max during the run; floor column: before it"),
         Row("followers status-api p99", fmt_ms(status_p99), "-", "-", "<= 50 ms", status_p99 <= GOAL_STATUS_P99_S,
-            f"one GET every 50 ms during the run: {len(status_probe.timings)} answers, "
+            f"one GET every 50 ms during the run: {len(status_probe.timings)} responses, "
             f"{len(status_probe.failures)} failures, p50 {fmt_ms(status_p50)}"),
     ]

@@ -22,10 +22,10 @@ def build_through_apbd(url: str, tarball: bytes) -> float:
     build_id = str(uuid.uuid4())
     with requests.Session() as session:
         started = time.perf_counter()
-        answer = session.post(f"{url}/build", data={"build_id": build_id},
+        response = session.post(f"{url}/build", data={"build_id": build_id},
                               files={"build_tarball": ("build.tar.gz", tarball, "application/gzip")}, timeout=120)
-        if answer.status_code != 200:
-            raise RuntimeError(f"POST /build answered {answer.status_code}: {answer.text[:300]}")
+        if response.status_code != 200:
+            raise RuntimeError(f"POST /build returned HTTP {response.status_code}: {response.text[:300]}")
         deadline = started + 300
         while time.perf_counter() < deadline:
             status = session.get(f"{url}/build/{build_id}/status-api", timeout=30).json()

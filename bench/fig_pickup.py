@@ -50,6 +50,7 @@ def run(ctx) -> list[Row]:
     staging, watched = folder / "floor-staging", folder / "floor-jobs"
     staging.mkdir()
     watched.mkdir()
+
     apbd_times, floor_times = [], []
     watcher_argv = [sys.executable, "-m", "bench.floor_watch", str(watched)]
     with procs.start_runner(spool.root, folder) as runner, \
@@ -59,6 +60,7 @@ def run(ctx) -> list[Row]:
             if not watcher.alive() or time.monotonic() > deadline:
                 raise RuntimeError(f"floor watcher did not start:\n{watcher.log_tail()}")
             time.sleep(0.05)
+
         for n in range(count):
             name = f"bench-pickup-{n}"
             text = jobs.stamped_pkgbuild(name, top_level_after=STOP_AFTER_STAMP)
@@ -69,8 +71,10 @@ def run(ctx) -> list[Row]:
             if stamp is None:
                 raise RuntimeError(f"build {build_id} printed no {jobs.START_MARK} line:\n{log_text[-2000:]}")
             apbd_times.append(stamp - renamed)
+
             floor_times.append(floor_pickup(staging, watched, text, name))
             time.sleep(0.05)
+
     floor_median = median(floor_times)
     rows = []
     for label, fraction, goal_s in (("pickup p50", 0.5, GOAL_P50_S), ("pickup p99", 0.99, GOAL_P99_S)):

@@ -22,7 +22,7 @@ def run(ctx) -> list[Row]:
     with procs.start_web(spool.root, folder, ["--threads", str(threads)]) as web:
         _, status, body = Prober(web.url).get(path)
         if status != 200:
-            raise RuntimeError(f"GET {path} answered {status}: {body[:200]!r}")
+            raise RuntimeError(f"GET {path} returned HTTP {status}: {body[:200]!r}")
         with procs.start_bare(folder, len(body), threads=threads) as bare:
             apbd_rates, floor_rates = [], []
             for _ in range(ctx.pick(3, 1)):

@@ -47,17 +47,17 @@ def run(ctx) -> list[Row]:
                 status, body, seconds = upload(f"{web.url}/build", {"build_id": build_id}, "build_tarball",
                                                tarball, "application/gzip")
                 if status != 200:
-                    raise RuntimeError(f"POST /build answered {status}: {body[:300]!r}")
+                    raise RuntimeError(f"POST /build returned HTTP {status}: {body[:300]!r}")
                 answer = json.loads(body)
                 if answer.get("build_id") != build_id:
-                    raise RuntimeError(f"POST /build answered {answer}")
+                    raise RuntimeError(f"POST /build returned {answer}")
                 apbd_times.append(seconds)
                 shutil.rmtree(spool.job_dir(build_id), ignore_errors=True)
 
                 status, body, seconds = upload(f"{bare.url}/build", {"build_id": build_id}, "build_tarball",
                                                tarball, "application/gzip")
                 if status != 200:
-                    raise RuntimeError(f"POST to the bare route answered {status}: {body[:300]!r}")
+                    raise RuntimeError(f"POST to the bare route returned HTTP {status}: {body[:300]!r}")
                 bare_times.append(seconds)
         growth = rss.max_rss[web.name] - rss.start_rss[web.name]
         start_rss = rss.start_rss[web.name]
@@ -65,7 +65,7 @@ def run(ctx) -> list[Row]:
     return [
         Row("upload throughput", fmt_rate(a), fmt_rate(f), fmt_ratio(a, f), ">= 50 % of cp", a >= GOAL_RATIO * f,
             f"{fmt_mb(total)} tarball, median of {len(apbd_times)}; apbd time is curl's whole POST "
-            f"(transfer, extraction, metadata) until the answer; a bare waitress route storing the same "
+            f"(transfer, extraction, metadata) until the response; a bare waitress route storing the same "
             f"POST: {fmt_rate(total / median(bare_times))}"),
         Row("upload web RSS growth", fmt_mb(growth), fmt_mb(start_rss), "-", "<= 50 MB",
             growth <= GOAL_RSS_GROWTH, "floor column: web RSS before the first upload"),

@@ -39,12 +39,12 @@ class Prober:
         return elapsed, answer.status, body
 
     def timings(self, path: str, count: int, headers: dict | None = None) -> list[float]:
-        """Time count GETs of path; raise unless every one answers 200."""
+        """Time count GETs of path; raise unless every one returns 200."""
         results = []
         for _ in range(count):
             elapsed, status, body = self.get(path, headers)
             if status != 200:
-                raise RuntimeError(f"GET {path} answered {status}: {body[:200]!r}")
+                raise RuntimeError(f"GET {path} returned HTTP {status}: {body[:200]!r}")
             results.append(elapsed)
         return results
 
@@ -93,13 +93,13 @@ _ERRORS_RE = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
 
 
 def wrk_rate(url: str, connections: int, seconds: float, threads: int = 2) -> float:
-    """Run wrk against url and return requests per second; raise when any answer was not 2xx."""
+    """Run wrk against url and return requests per second; raise when any response was not 2xx."""
     argv = ["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{seconds}s",
             "-H", "Accept: application/json", url]
     out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
     errors = _ERRORS_RE.search(out)
     if errors and int(errors.group(1)):
-        raise RuntimeError(f"wrk got {errors.group(1)} non-2xx answers from {url}:\n{out}")
+        raise RuntimeError(f"wrk got {errors.group(1)} non-2xx responses from {url}:\n{out}")
     match = _RATE_RE.search(out)
     if not match:
         raise RuntimeError(f"wrk printed no rate for {url}:\n{out}")

@@ -1,4 +1,4 @@
-"""Builds that print a lot: their PKGBUILDs, and the check that build.log holds the output byte for byte."""
+"""Builds that print a lot: their PKGBUILDs, and the check that build.log contains the output byte for byte."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def expected_digest(kind: str, size: int) -> str:
 
 
 def check_log(path: Path, kind: str, size: int, digest: str) -> str | None:
-    """Return None when the log holds exactly the payload between the markers, else what differs."""
+    """Return None when the log contains exactly the payload between the markers, else what differs."""
     with open(path, "rb") as f:
         head = f.read(1 << 20)
         at = head.find(BEGIN)

@@ -111,7 +111,7 @@ class Child:
 
 
 class HttpChild(Child):
-    """A child serving HTTP on a loopback port, ready once `ready_path` answers 200."""
+    """A child serving HTTP on a loopback port, ready once `ready_path` returns 200."""
 
     def __init__(self, name, argv, log_path, port, env=None, ready_path="/"):
         self.port = port
@@ -137,7 +137,7 @@ class HttpChild(Child):
 
 def start_web(spool_root: Path, log_dir: Path, args: list[str] = (), env: dict | None = None,
               ready_path: str = "/") -> HttpChild:
-    """Start apbd-web on a free loopback port over spool_root; ready once GET ready_path answers 200."""
+    """Start apbd-web on a free loopback port over spool_root; ready once GET ready_path returns 200."""
     port = free_port()
     argv = [sys.executable, "-m", "apbd.web", "--host", LOOPBACK, "--port", str(port),
             "--builds-dir", str(spool_root), *args]

@@ -14,7 +14,7 @@ HEADER = ("figure", "apbd", "floor", "ratio", "goal", "pass/miss")
 class Row:
     """One line of the table: a figure, apbd's value, the floor's, their ratio, the goal and the verdict.
 
-    passed is None when the benchmark could not measure the figure; note then says why.
+    passed is None when the benchmark could not measure the figure; note then explains why.
     """
 
     figure: str

@@ -28,9 +28,9 @@ class Follower:
 
     500 followers at 1,000 lines/s each are 500,000 lines/s, more than Python
     can parse one by one on the machine that also runs the server. So each
-    chunk read from the socket is checked as a whole: bytes.count() counts its
-    lines, its first and last line must carry the next expected SEQ and that
-    plus the count minus one, and every line of the chunk is booked at the
+    chunk read from the socket is checked as a whole. bytes.count() counts its
+    lines, and its first and last line must carry the next expected SEQ and
+    that plus the count minus one. Every line of the chunk is counted at the
     latency of its first (oldest) line, which overstates the latency of the rest.
     """
 
