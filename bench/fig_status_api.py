@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bench import jobs, procs
-from bench.load import Prober, wrk_rate
+from bench.load import Prober, load_generator, rate
 from bench.report import Row, fmt_ratio
 from bench.stats import median
 
@@ -26,10 +26,10 @@ def run(ctx) -> list[Row]:
         with procs.start_bare(folder, len(body), threads=threads) as bare:
             apbd_rates, floor_rates = [], []
             for _ in range(ctx.pick(3, 1)):
-                apbd_rates.append(wrk_rate(web.url + path, CONNECTIONS, seconds))
-                floor_rates.append(wrk_rate(bare.url + path, CONNECTIONS, seconds))
+                apbd_rates.append(rate(web.url + path, CONNECTIONS, seconds))
+                floor_rates.append(rate(bare.url + path, CONNECTIONS, seconds))
     a, f = median(apbd_rates), median(floor_rates)
     return [Row("status-api throughput", f"{a:.0f} req/s", f"{f:.0f} req/s", fmt_ratio(a, f),
                 ">= 70 % of bare", a >= GOAL_RATIO * f,
-                f"wrk -c{CONNECTIONS} {seconds} s x{len(apbd_rates)} interleaved, {threads} waitress threads "
+                f"{load_generator()} -c{CONNECTIONS} {seconds} s x{len(apbd_rates)} interleaved, {threads} waitress threads "
                 f"both, {len(body)} B body; queued build")]

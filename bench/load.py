@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import http.client
 import re
+import shutil
 import subprocess
+import sys
 import threading
 import time
 from urllib.parse import urlsplit
@@ -90,6 +92,22 @@ class BackgroundProber:
 
 _RATE_RE = re.compile(r"Requests/sec:\s+([0-9.]+)")
 _ERRORS_RE = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
+
+
+def load_generator() -> str:
+    """Return the load generator rate() uses: wrk, or bench.pyload where wrk is not installed."""
+    return "wrk" if shutil.which("wrk") else "bench.pyload"
+
+
+def rate(url: str, connections: int, seconds: float) -> float:
+    """Return the requests per second of GET url with connections concurrent keep-alive connections."""
+    if load_generator() == "wrk":
+        return wrk_rate(url, connections, seconds)
+    argv = [sys.executable, "-m", "bench.pyload", url, str(connections), str(seconds)]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+    if out.returncode != 0:
+        raise RuntimeError(f"bench.pyload failed against {url}: {out.stderr.strip()}")
+    return float(out.stdout)
 
 
 def wrk_rate(url: str, connections: int, seconds: float, threads: int = 2) -> float:
