@@ -24,7 +24,7 @@ from tests.test_faults_runner import TIME_SCALE
 # apbd-web keeps 64 MiB free after an upload, so the small disk must be larger than that.
 SMALL = "100m"
 LARGE = "600m"
-DISK_FULL_STATUSES = (413, 503, 507)
+DISK_FULL_STATUSES = (413, 503, 507)  # 503 is what apbd-web sends; 507 would also be honest
 
 
 @pytest.fixture

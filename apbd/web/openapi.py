@@ -159,7 +159,7 @@ def _paths() -> dict:
              "408": _error("upload slower than the submission timeout"),
              "409": _error("a build with this id and other content exists"),
              "413": _error("a file or the request is too large"),
-             "507": _error("not enough disk space to store the upload")},
+             "503": _error("not enough disk space to store the upload")},
             requestBody={"required": True,
                          "content": {"multipart/form-data": {"schema": BUILD_FORM_SCHEMA}}})},
         "/build/{build_id}": {"get": _operation(
@@ -218,6 +218,7 @@ def _paths() -> dict:
         "/build/{build_id}/cancel": {"post": _operation(
             "Cancel a queued or running build",
             {"200": _json("cancelled, or already finished"), "400": BAD_REQUEST, "404": NOT_FOUND,
+             "503": _error("the spool's disk is full, so the cancel request cannot be stored"),
              "401": _error("missing or wrong bearer token (--token-file)"),
              "403": _error("address not allowed by --allow-from")},
             [BUILD_ID])},
