@@ -223,3 +223,11 @@ def test_browser_gets_html_and_client_gets_json(web, spool):
         data = requests.get(web.url + path, headers={"Accept": "application/json"}, timeout=10)
         assert data.headers["Content-Type"].startswith("application/json"), path
         assert requests.get(web.url + path, timeout=10).headers["Content-Type"].startswith("application/json")
+
+
+def test_overlong_names_are_404(web, spool):
+    build_id = add_build(spool)
+    long_name = "a" * 300
+    assert get(web, f"/build/{build_id}/download/{long_name}").status_code == 404
+    assert get(web, f"/builds/pkgname/{long_name}").json()["builds"] == []
+    assert get(web, f"/builds/pkgname/{long_name}/latest").status_code == 404

@@ -10,6 +10,7 @@ served, and symlinks are neither listed nor opened.
 from __future__ import annotations
 
 import email.utils
+import errno
 import os
 import stat
 from datetime import datetime, timezone
@@ -96,6 +97,11 @@ def resolve_file(spool: Spool, build_id: str, filename: str) -> Path | None:
             st = path.lstat()
         except (FileNotFoundError, NotADirectoryError):
             continue
+        except OSError as e:
+            # A name longer than the filesystem allows names no file of the build.
+            if e.errno == errno.ENAMETOOLONG:
+                return None
+            raise
         if stat.S_ISREG(st.st_mode):
             return path
     return None

@@ -9,6 +9,7 @@ skipped, and a build listed twice appears once.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -43,6 +44,11 @@ def lines_backwards(path: Path, block: int = BLOCK_BYTES) -> Iterator[bytes]:
         f = open(path, "rb")
     except FileNotFoundError:
         return
+    except OSError as e:
+        # A package name longer than the filesystem allows has no index file.
+        if e.errno == errno.ENAMETOOLONG:
+            return
+        raise
     with f:
         position = f.seek(0, os.SEEK_END)
         tail = b""
