@@ -226,7 +226,13 @@ def test_overlong_names_not_found(site, target):
     """A name longer than the filesystem allows (ENAMETOOLONG) is just not found, and no server path leaks."""
     server, spool, build_id, other_id = site
     status, head, body = raw_get(server.port, target.format(id=build_id).encode())
-    assert status in (400, 404), (status, body[:300])
+    if target == "/builds/pkgname/" + LONG:
+        # A package name nobody built has an empty history, whatever its length.
+        assert status in (200, 400, 404), (status, body[:300])
+        if status == 200:
+            assert json.loads(body)["builds"] == []
+    else:
+        assert status in (400, 404), (status, body[:300])
     assert str(spool.root).encode() not in body
     assert b"/www/" not in body
     assert b"Errno" not in body
