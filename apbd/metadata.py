@@ -66,13 +66,19 @@ class SrcInfo:
 def parse_srcinfo(text: str) -> SrcInfo:
     """Turn makepkg's .SRCINFO text into a SrcInfo; raise InvalidPkgbuild on missing fields.
 
-    Lines before the first `pkgbase =` are output of the PKGBUILD's own
-    top-level code and are skipped.
+    makepkg prints exactly one unindented `pkgbase =` line, at the top of the
+    .SRCINFO and after everything the PKGBUILD's top-level code printed. So
+    parsing starts at the last such line, and lines the PKGBUILD printed, even
+    ones that look like .SRCINFO, are skipped.
     """
+    lines = text.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("pkgbase = ")]
+    if starts:
+        lines = lines[starts[-1]:]
     base: dict[str, list[str]] = {}
     packages: dict[str, dict[str, list[str]]] = {}
     current = None
-    for line in text.splitlines():
+    for line in lines:
         key, sep, value = line.strip().partition(" = ")
         if not sep:
             continue
