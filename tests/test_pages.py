@@ -199,7 +199,7 @@ def test_static_files(web_server):
 
 def test_static_rejects_traversal(web_server):
     for path in ("%2e%2e/apbd/spool.py", "..%2f..%2fapbd%2fspool.py", "%2e%2e%2f%2e%2e%2fetc%2fpasswd",
-                 "/etc/passwd", "nothing.css", ".hidden"):
+                 "/etc/passwd", "nothing.css", ".hidden", "x" * 5000, "%C2%80" * 300, "a%00b"):
         response = requests.get(f"{web_server.url}/static/{path}", timeout=10)
         assert response.status_code == 404, path
         assert response.json()["error"], path

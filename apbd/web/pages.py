@@ -246,10 +246,17 @@ def cleanup_page(ctx):
 
 def serve_static(filepath: str):
     root = (paths.www_dir() / "static").resolve()
-    target = (root / filepath).resolve()
-    if any(part.startswith(".") for part in Path(filepath).parts) or not target.is_relative_to(root) \
-            or not target.is_file():
-        return error_response(ApiError(404, "File not found", f"No static file named '{filepath}'"))
+    not_found_error = ApiError(404, "File not found", f"No static file named '{filepath}'")
+    if any(part.startswith(".") for part in Path(filepath).parts):
+        return error_response(not_found_error)
+    try:
+        target = (root / filepath).resolve()
+        found = target.is_relative_to(root) and target.is_file()
+    except (OSError, ValueError):
+        # A name too long for the filesystem, or one with a NUL byte, names no file.
+        found = False
+    if not found:
+        return error_response(not_found_error)
     mimetype = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
     if mimetype.startswith("text/") or mimetype == "application/javascript":
         mimetype += "; charset=utf-8"
