@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 # Seconds between checks of the cancel marker and the timeouts while a build runs.
 POLL_INTERVAL_S = 0.5
+# Writing a build's final status on a full disk: attempts, and seconds between them.
+FINISH_ATTEMPTS = 30
+FINISH_RETRY_S = 2
 # Test only: multiplies every timeout and the kill grace, so tests need not wait minutes.
 TIME_SCALE_ENV = "APBD_TEST_TIME_SCALE"
 
@@ -84,12 +87,34 @@ class Build:
             return self.build()
         except Exception as e:
             log.exception("build %s: apbd failed to run the build", self.build_id)
-            reason = f"apbd failed to run the build: {e}"
-            self.note(reason)
-            return self.spool.finish(self.claim, spool_format.FAILED, reason=reason)
+            # A full disk is the usual cause here, and work/ holds most of what the build wrote.
+            self.remove_work()
+            return self.finish_despite_errors(spool_format.FAILED, f"apbd failed to run the build: {e}")
         finally:
             self.remove_work()
             self.claim.release()
+
+    def finish_despite_errors(self, state: str, reason: str) -> dict:
+        """Write the final status, retrying while the spool's disk has no room for it.
+
+        The claim stays held meanwhile, so no other runner takes the job over.
+        After FINISH_ATTEMPTS the error is raised and the job is left claimed;
+        the next runner start then marks it failed.
+        """
+        noted = False
+        for attempt in range(1, FINISH_ATTEMPTS + 1):
+            try:
+                if not noted:
+                    self.note(reason)
+                    noted = True
+                return self.spool.finish(self.claim, state, reason=reason)
+            except OSError as e:
+                if attempt == FINISH_ATTEMPTS:
+                    raise
+                log.error("build %s: cannot write its final status (%s); retry %d of %d in %d s",
+                          self.build_id, e, attempt, FINISH_ATTEMPTS - 1, FINISH_RETRY_S)
+                time.sleep(FINISH_RETRY_S)
+        raise AssertionError("unreachable")
 
     def build(self) -> dict:
         build_timeout, output_timeout = self.timeouts()
@@ -128,6 +153,11 @@ class Build:
                 state, reason = spool_format.FAILED, f"{self.ctx.builder.name} succeeded but produced no package"
             else:
                 self.note(f"Packages: {', '.join(moved)}")
+        if process.bytes_lost:
+            lost = f"{process.bytes_lost} bytes of build output were lost: the disk was full"
+            reason = f"{reason}; {lost}" if reason else lost
+            if state == spool_format.COMPLETED:
+                state = spool_format.FAILED
         if reason:
             self.note(reason)
         self.note(f"Build {state} in {end - start:.1f} s")

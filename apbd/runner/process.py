@@ -15,6 +15,7 @@ PID namespace).
 from __future__ import annotations
 
 import logging
+import errno
 import os
 import select
 import signal
@@ -70,6 +71,7 @@ class BuildProcess:
         self.eof = False
         self.last_output = time.monotonic()
         self.bytes_written = 0
+        self.bytes_lost = 0
 
     def pump(self, timeout_s: float) -> None:
         """Copy what the build printed to the log, waiting up to timeout_s for the first bytes."""
@@ -94,9 +96,22 @@ class BuildProcess:
                 return
 
     def _write_log(self, data: bytes) -> None:
+        """Append data to the log; on a full disk, count the bytes lost and keep draining.
+
+        Raising here would leave the build blocked on a pipe nobody reads, so a
+        full disk costs log lines, never the build's supervision.
+        """
         view = memoryview(data)
         while view:
-            written = os.write(self.log_fd, view)
+            try:
+                written = os.write(self.log_fd, view)
+            except OSError as e:
+                if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                    raise
+                if not self.bytes_lost:
+                    log.error("build %s: cannot write build.log: %s", self.build_id, e)
+                self.bytes_lost += len(view)
+                return
             self.bytes_written += written
             view = view[written:]
 
