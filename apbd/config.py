@@ -64,7 +64,7 @@ SPOOL_OPTIONS = [
 WEB_OPTIONS = [
     Option("--host", "APB_HOST", "localhost", "address to listen on"),
     Option("--port", "APB_PORT", 8000, "TCP port to listen on", int),
-    Option("--threads", "APB_THREADS", 64,
+    Option("--threads", "APB_THREADS", 512,
            "web worker threads; each open live-output stream holds one", _positive),
     Option("--max-file-size", "APB_MAX_FILE_SIZE", limits.MAX_FILE_SIZE_DEFAULT,
            "maximum size of one uploaded or extracted file, in bytes", _size),
