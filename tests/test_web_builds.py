@@ -231,3 +231,14 @@ def test_overlong_names_are_404(web, spool):
     assert get(web, f"/build/{build_id}/download/{long_name}").status_code == 404
     assert get(web, f"/builds/pkgname/{long_name}").json()["builds"] == []
     assert get(web, f"/builds/pkgname/{long_name}/latest").status_code == 404
+
+
+def test_build_arch_reports_host_architecture():
+    """A PKGBUILD that lists several architectures is built for the host's alone."""
+    from apbd.web.api import build_arch
+
+    assert build_arch(["x86_64", "aarch64", "powerpc64le"], "aarch64") == ["aarch64"]
+    assert build_arch(["any"], "x86_64") == ["any"]
+    assert build_arch("x86_64", "x86_64") == ["x86_64"]
+    assert build_arch(None, "x86_64") == []
+    assert build_arch(["aarch64"], "x86_64") == ["aarch64"]

@@ -86,14 +86,26 @@ def read_status(ctx, build_id: str) -> dict:
     return status
 
 
+def build_arch(pkgbuild_arch, host_arch: str) -> list[str]:
+    """Return the architectures this build is for, as the list the API reports.
+
+    A PKGBUILD lists every architecture it supports, but a server builds for
+    its own: the APB client files downloads under the first item, so the
+    host's architecture comes alone when the PKGBUILD supports it.
+    """
+    arch = pkgbuild_arch or []
+    if not isinstance(arch, list):
+        arch = [arch]
+    if host_arch in arch:
+        return [host_arch]
+    return arch
+
+
 def status_api(ctx, build_id: str) -> dict:
     """Build the status-api object: numbers for times, arch as a list, never a null field."""
     status = read_status(ctx, build_id)
     result = {k: status[k] for k in STATUS_API_FIELDS if status.get(k) is not None}
-    arch = result.get("arch") or []
-    if not isinstance(arch, list):
-        arch = [arch]
-    result["arch"] = arch
+    result["arch"] = build_arch(result.get("arch"), ctx.architecture)
     listing = files.list_files(ctx.spool, build_id)
     result["packages"] = files.short_items(listing["packages"])
     result["logs"] = files.short_items(listing["logs"])
