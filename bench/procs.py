@@ -94,6 +94,8 @@ class Child:
 
     def stop(self) -> None:
         """Stop the process: SIGTERM, then SIGKILL to its own process group after a grace."""
+        if self._log.closed:
+            return
         if self.alive():
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -117,7 +119,12 @@ class HttpChild(Child):
         self.port = port
         self.url = f"http://{LOOPBACK}:{port}"
         super().__init__(name, argv, log_path, env)
-        self.wait_ready(ready_path)
+        try:
+            self.wait_ready(ready_path)
+        except BaseException:
+            # The caller never gets this object, so nobody else would stop the process.
+            self.stop()
+            raise
 
     def wait_ready(self, path: str) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -151,6 +158,13 @@ class RunnerChild(Child):
         self.spool_root = Path(spool_root)
         argv = [sys.executable, "-m", "apbd.runner", "--builds-dir", str(spool_root), *args]
         super().__init__("apbd-runner", argv, log_dir / f"runner-{time.monotonic_ns()}.log", child_env(env))
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
         while self.state() is None:
             if not self.alive():
