@@ -59,10 +59,10 @@ def assert_nothing_left(spool: Spool, root: Path, build_id: str | None, marker: 
         assert not (spool.jobs / build_id).exists(), f"a refused upload published job {build_id}"
     assert wait_staging_empty(spool) == [], "a refused upload left files in SPOOL/tmp"
     if marker:
+        # The hostile names aim at the test's folders, /tmp, /etc and /; walking all of /tmp would be slow.
         assert files_named(root, marker) == []
-        assert files_named(Path("/tmp"), marker) == []
-        assert not Path("/" + marker).exists()
-        assert not Path("/etc", marker).exists()
+        for folder in ("/", "/tmp", "/var/tmp", "/etc"):
+            assert not Path(folder, marker).exists(), f"a member escaped to {folder}"
 
 
 def refuse(box, tarball: bytes, statuses=(400,), marker: str | None = None, **kwargs) -> dict:
@@ -288,7 +288,7 @@ def test_legacy_source_name_cannot_escape(box, name):
         assert [p for p in files_named(root, marker) if inside not in p.parents] == []
     else:
         error_shape(answer)
-    assert files_named(Path("/tmp"), marker) == []
+    assert not Path("/tmp", marker).exists()
     assert wait_staging_empty(spool) == []
 
 
