@@ -252,3 +252,14 @@ def test_slow_queue_scan_moves_to_background(spool, monkeypatch):
     while counter.counts(spool) != (2, 0) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert counter.counts(spool) == (2, 0)
+
+
+def test_internal_error_hides_server_paths():
+    """A 500 names the error and its type, never the file the server failed on."""
+    from apbd.web.app import internal_error
+
+    body = internal_error(FileNotFoundError(2, "No such file or directory", "/srv/spool/jobs/x/status.json"))
+    assert body["error"] == "Internal server error"
+    assert body["detail"] == "No such file or directory"
+    assert body["type"] == "FileNotFoundError"
+    assert "/srv/spool" not in str(body)

@@ -73,8 +73,17 @@ def json_response(status: int, body: dict, headers: dict | None = None) -> bottl
 
 
 def internal_error(exception: BaseException) -> dict:
-    return {"error": "Internal server error", "detail": str(exception) or type(exception).__name__,
-            "type": type(exception).__name__}
+    """Describe an unexpected exception for the client without server paths.
+
+    An OSError's message names the file it failed on, which would show the
+    spool's location, so only its error text goes out; the full message is in
+    the server's log.
+    """
+    if isinstance(exception, OSError) and exception.strerror:
+        detail = exception.strerror
+    else:
+        detail = str(exception) or type(exception).__name__
+    return {"error": "Internal server error", "detail": detail, "type": type(exception).__name__}
 
 
 def api_errors_plugin(callback):
