@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from apbd.errors import ApiError
-from apbd.web.timeouts import Deadline, current_deadline
+from apbd.web.timeouts import Deadline, current_deadline, is_quick_read
 from tests.test_web_common import LOOPBACK, ThreadServer, spool  # noqa: F401
 
 
@@ -148,3 +148,20 @@ def test_upload_timing_out_during_metadata_is_not_published(spool):
         assert spool.job_ids() == []
     finally:
         server.stop()
+
+
+def test_only_status_polls_skip_the_pool():
+    build_id = "48ea1df5-f7f3-477e-a7a7-36e526ea7cd3"
+
+    def quick(method, path):
+        return is_quick_read({"REQUEST_METHOD": method, "PATH_INFO": path})
+
+    assert quick("GET", f"/build/{build_id}/status-api")
+    assert quick("GET", f"/build/{build_id}/status")
+    assert quick("HEAD", f"/build/{build_id}/status")
+    assert not quick("POST", f"/build/{build_id}/status")
+    assert not quick("GET", f"/build/{build_id}")
+    assert not quick("GET", f"/build/{build_id}/output")
+    assert not quick("GET", f"/build/{build_id}/status-api/extra")
+    assert not quick("POST", "/build")
+    assert not quick("GET", "/test-slow")

@@ -78,9 +78,12 @@ def prefers_html() -> bool:
 
 def read_status(ctx, build_id: str) -> dict:
     """Return the status.json of build_id, or raise 404."""
-    if not ctx.spool.exists(build_id):
+    if not spool_format.is_build_id(build_id):
         raise not_found(build_id)
-    status = ctx.spool.read_status(build_id)
+    try:
+        status = ctx.spool.read_status(build_id)
+    except NotADirectoryError:
+        status = None
     if status is None:
         raise not_found(build_id)
     return status
@@ -106,9 +109,7 @@ def status_api(ctx, build_id: str) -> dict:
     status = read_status(ctx, build_id)
     result = {k: status[k] for k in STATUS_API_FIELDS if status.get(k) is not None}
     result["arch"] = build_arch(result.get("arch"), ctx.architecture)
-    listing = files.list_files(ctx.spool, build_id)
-    result["packages"] = files.short_items(listing["packages"])
-    result["logs"] = files.short_items(listing["logs"])
+    result["packages"], result["logs"] = files.list_packages_and_log(ctx.spool, build_id)
     return result
 
 

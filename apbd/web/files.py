@@ -79,6 +79,27 @@ def list_files(spool: Spool, build_id: str) -> dict:
     return {"packages": packages, "logs": logs, "sources": sources}
 
 
+def short_item(build_id: str, name: str, st: os.stat_result) -> dict:
+    """Return the three fields status-api shows of one file: filename, size, download_url."""
+    return {"filename": name, "size": st.st_size, "download_url": download_url(build_id, name)}
+
+
+def list_packages_and_log(spool: Spool, build_id: str) -> tuple[list[dict], list[dict]]:
+    """Return the packages and the logs of a build as short items, for status-api.
+
+    The same files list_files finds, read with fewer system calls: status-api
+    is the most polled route, and it shows neither sources nor created_at.
+    """
+    job = spool.job_dir(build_id)
+    packages = [short_item(build_id, n, st) for n, st in regular_files(job / spool_format.PACKAGES_DIR)]
+    try:
+        st = os.lstat(job / spool_format.LOG_FILE)
+    except (FileNotFoundError, NotADirectoryError):
+        return packages, []
+    logs = [short_item(build_id, spool_format.LOG_FILE, st)] if stat.S_ISREG(st.st_mode) else []
+    return packages, logs
+
+
 def short_items(items: list[dict]) -> list[dict]:
     """Return items with the three fields status-api shows: filename, size, download_url."""
     return [{k: item[k] for k in ("filename", "size", "download_url")} for item in items]

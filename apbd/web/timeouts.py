@@ -20,6 +20,14 @@ the spool's disk cannot take, and when buffering a body runs out of space.
 
 Streams (/build/ID/stream) and file downloads have no timeout: the middleware
 only times the handler, and a download's body is sent after the handler returns.
+
+The status polls (GET /build/ID/status-api and /build/ID/status) run inline in
+the waitress worker, without the pool. Their handlers read one small
+status.json and list packages/, which takes well under a millisecond, while the
+pool's two thread switches cost more CPU than the handler itself. Every other
+request keeps the pool and its 408.
+NOTE: a status poll on a disk that stops answering gets no 408; it holds its
+waitress worker until the disk answers.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -49,6 +58,10 @@ TIMEOUT_DETAIL = "Request took too long to process"
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 _local = threading.local()
+
+# Paths whose GET handlers only read small files of one job: served without the pool.
+INLINE_PATH_RE = re.compile(r"/build/[0-9a-f-]{36}/status(?:-api)?/?")
+INLINE_METHODS = ("GET", "HEAD")
 
 
 class Deadline:
@@ -103,6 +116,12 @@ def is_streaming(environ: dict) -> bool:
     return environ.get("PATH_INFO", "").endswith("/stream")
 
 
+def is_quick_read(environ: dict) -> bool:
+    """Tell whether the request is a status poll, whose handler cannot take long."""
+    return (environ.get("REQUEST_METHOD") in INLINE_METHODS
+            and INLINE_PATH_RE.fullmatch(environ.get("PATH_INFO", "")) is not None)
+
+
 def is_submission(environ: dict) -> bool:
     return environ.get("REQUEST_METHOD") == "POST" and environ.get("PATH_INFO", "").rstrip("/") == "/build"
 
@@ -121,7 +140,7 @@ class TimeoutMiddleware:
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="apbd-handler")
 
     def __call__(self, environ, start_response):
-        if is_streaming(environ):
+        if is_streaming(environ) or is_quick_read(environ):
             return self.app(environ, start_response)
         seconds = self.submit_timeout if is_submission(environ) else self.request_timeout
         deadline = Deadline(seconds)
