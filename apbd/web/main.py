@@ -22,6 +22,10 @@ log = logging.getLogger("apbd.web")
 # waitress reads a request body into memory up to this size, and into an
 # unlinked temporary file (under SPOOL/tmp, see serve) beyond it.
 INBUF_OVERFLOW_BYTES = 512 * 1024
+# A response writer (an SSE stream, a download) waits once this many bytes are
+# buffered for a slow client. waitress's default of 16 MiB per connection let
+# 500 SSE followers grow the web process to 1.1 GB.
+OUTBUF_HIGH_WATERMARK_BYTES = 1024 * 1024
 # Seconds between waitress's checks for idle connections and late uploads.
 MAINTENANCE_INTERVAL_S = 1.0
 # File descriptors kept free for spool files, logs and makepkg pipes when the
@@ -110,6 +114,7 @@ def create_server(ctx: WebContext, host: str, port: int):
         # Read from a connection while its request runs, so a stream client that
         # went away is seen within a second, not at the next heartbeat.
         channel_request_lookahead=1,
+        outbuf_high_watermark=OUTBUF_HIGH_WATERMARK_BYTES,
         ident="apbd",
         clear_untrusted_proxy_headers=True,
     )
