@@ -1,10 +1,15 @@
-"""What a PKGBUILD declares, read by makepkg itself and never by regular expressions.
+"""What a PKGBUILD declares, read by makepkg's own code and never by regular expressions.
 
-read_srcinfo() runs `makepkg --printsrcinfo` on a source folder, as the build
-user and inside the sandbox (see apbd.sandbox), because that sources the
-PKGBUILD and so runs its top-level code. In the same run it sources the
-PKGBUILD in a subshell to read apb_output_timeout, which .SRCINFO does not
-carry.
+read_srcinfo() sources the PKGBUILD as the build user and inside the sandbox
+(see apbd.sandbox), because sourcing runs its top-level code. It follows
+`makepkg --printsrcinfo` with makepkg's own library (/usr/share/makepkg):
+load the makepkg.conf, source the PKGBUILD, run the lint checks for the
+fields a .SRCINFO needs (pkgbase, pkgname, pkgver, pkgrel, epoch), then call
+write_srcinfo_content. The rest of the lint is skipped, which makes reading
+about ten times faster (0.75 s against 6.5 s on this loaded 2-core host).
+When the library is not where this expects it, the reader falls back to
+`makepkg --printsrcinfo`. In the same shell it reads apb_output_timeout,
+which .SRCINFO does not carry.
 """
 
 from __future__ import annotations
@@ -23,13 +28,24 @@ from apbd import limits, paths, sandbox
 
 log = logging.getLogger(__name__)
 
-# Reading a PKGBUILD takes about 0.6 s; one that takes longer than this is stuck.
+# Reading a PKGBUILD takes well under a second; one that takes longer than this is stuck.
 SRCINFO_TIMEOUT_S = 60
 # Files up to this size are copied when the build user cannot reach the PKGBUILD's folder:
 # enough for the PKGBUILD and its install and changelog files, which makepkg checks.
 COPY_MAX_FILE_SIZE = 1024 * 1024
 # Only this much of makepkg's error output goes into an InvalidPkgbuild detail.
 ERROR_TAIL_CHARS = 2000
+# The folder of makepkg's library in Debian's makepkg 6.0 and, by its makepkg script, Arch's pacman 7.
+# NOTE: only makepkg 6.0 was run here; on pacman 7 a missing file or function means the fallback.
+MAKEPKG_LIBRARY = Path("/usr/share/makepkg")
+# The library files the fast reader loads. Without any of them it runs makepkg itself.
+LIBRARY_FILES = ("util/config.sh", "srcinfo.sh", "lint_pkgbuild/pkgbase.sh",
+                 "lint_pkgbuild/pkgname.sh", "lint_pkgbuild/pkgver.sh",
+                 "lint_pkgbuild/pkgrel.sh", "lint_pkgbuild/epoch.sh")
+# The fast reader's exit status when a library file fails to load or lacks a function it calls.
+LIBRARY_UNUSABLE_EXIT = 90
+# makepkg's exit status for an invalid PKGBUILD (E_PKGBUILD_ERROR).
+PKGBUILD_ERROR_EXIT = 12
 
 
 class InvalidPkgbuild(Exception):
@@ -140,7 +156,12 @@ def parse_output_timeout(raw: str | None) -> tuple[int, str | None]:
     return seconds, None
 
 
-def _reader_script(marker: str) -> str:
+def _timeout_printer(marker: str) -> str:
+    return (f'printf "\\n%s\\n" "{marker}"\n'
+            'if [[ -n ${apb_output_timeout+set} ]]; then printf "set=%s" "$apb_output_timeout"; fi\n')
+
+
+def _makepkg_script(marker: str) -> str:
     # The subshell keeps the PKGBUILD's own variables and exits away from the output.
     return (
         'makepkg --config "$1" --printsrcinfo || exit $?\n'
@@ -148,6 +169,44 @@ def _reader_script(marker: str) -> str:
         '( source ./PKGBUILD >/dev/null 2>&1 </dev/null\n'
         '  if [[ -n ${apb_output_timeout+set} ]]; then printf "set=%s" "$apb_output_timeout"; fi )\n'
     )
+
+
+def _library_script(marker: str) -> str:
+    """The steps of `makepkg --printsrcinfo`, on makepkg's own library; $1 config, $2 library.
+
+    Only the lint checks for the fields that make a .SRCINFO meaningful run
+    here. The rest of makepkg's lint (lint_pkgbuild: options, backup,
+    dependencies, package functions...) costs about 0.4 s and is skipped at
+    upload on purpose: the build's own makepkg run lints the whole PKGBUILD
+    again and fails, with its message in build.log.
+    """
+    checks = " ".join(f'"$LIBRARY/{name}"' for name in LIBRARY_FILES)
+    return (
+        'LIBRARY=$2\n'
+        'export TEXTDOMAIN=pacman-scripts TEXTDOMAINDIR=/usr/share/locale\n'
+        'shopt -s extglob\n'
+        f'for file in {checks}; do source "$file" || exit {LIBRARY_UNUSABLE_EXIT}; done\n'
+        'declare -F load_makepkg_config source_safe write_srcinfo_content lint_pkgbase lint_pkgname'
+        f' lint_pkgver lint_pkgrel lint_epoch >/dev/null || exit {LIBRARY_UNUSABLE_EXIT}\n'
+        'load_makepkg_config "$1"\n'
+        'startdir=$(pwd -P)\n'
+        "if [[ $(<PKGBUILD) = *$'\\r'* ]]; then\n"
+        f'  error "PKGBUILD contains CRLF characters and cannot be sourced."; exit {PKGBUILD_ERROR_EXIT}\n'
+        'fi\n'
+        'source_safe "$startdir/PKGBUILD"\n'
+        'pkgbase=${pkgbase:-${pkgname[0]}}\n'
+        'lint_failed=0\n'
+        'for check in lint_pkgbase lint_pkgname lint_pkgver lint_pkgrel lint_epoch; do\n'
+        '  "$check" || lint_failed=1\n'
+        'done\n'
+        f'(( lint_failed )) && exit {PKGBUILD_ERROR_EXIT}\n'
+        'write_srcinfo_content\n'
+        + _timeout_printer(marker)
+    )
+
+
+def _library_usable(library: Path) -> bool:
+    return all((library / name).is_file() for name in LIBRARY_FILES)
 
 
 def read_srcinfo(src_dir: Path, build_user: str | None) -> SrcInfo:
@@ -181,7 +240,20 @@ def read_srcinfo(src_dir: Path, build_user: str | None) -> SrcInfo:
 def _read_srcinfo(src_dir: Path, user: sandbox.BuildUser) -> SrcInfo:
     config = sandbox.reachable_file(paths.data_file("makepkg.conf"), user)
     marker = f"apbd-srcinfo-end-{uuid.uuid4().hex}"
-    command = ["bash", "-c", _reader_script(marker), "apbd-read-pkgbuild", str(config)]
+    if _library_usable(MAKEPKG_LIBRARY):
+        stdout, stderr, returncode = _run_reader(_library_script(marker), src_dir, user, config)
+        if returncode != LIBRARY_UNUSABLE_EXIT:
+            return _srcinfo_from_output(stdout, stderr, returncode, marker)
+        log.warning("makepkg's library in %s is not usable; reading PKGBUILDs with makepkg "
+                    "--printsrcinfo", MAKEPKG_LIBRARY)
+    stdout, stderr, returncode = _run_reader(_makepkg_script(marker), src_dir, user, config)
+    return _srcinfo_from_output(stdout, stderr, returncode, marker)
+
+
+def _run_reader(script: str, src_dir: Path, user: sandbox.BuildUser,
+                config: Path) -> tuple[bytes, bytes, int]:
+    """Run the bash script in src_dir as the build user, in the sandbox when bwrap works."""
+    command = ["bash", "-c", script, "apbd-read-pkgbuild", str(config), str(MAKEPKG_LIBRARY)]
     scratch = None
     if sandbox.bwrap_works(user):
         locale_dir = sandbox.ensure_locale()
@@ -199,11 +271,14 @@ def _read_srcinfo(src_dir: Path, user: sandbox.BuildUser) -> SrcInfo:
     env = sandbox.build_env(workdir, {"BUILDDIR": workdir, "PKGDEST": workdir, "SRCDEST": workdir,
                                       "SRCPKGDEST": workdir, "LOGDEST": workdir}, locale_dir)
     try:
-        stdout, stderr, returncode = _run_bounded(argv, env, src_dir, user)
+        return _run_bounded(argv, env, src_dir, user)
     finally:
         if scratch is not None:
             subprocess.run(["rm", "-rf", "--one-file-system", str(scratch)], check=False)
 
+
+def _srcinfo_from_output(stdout: bytes, stderr: bytes, returncode: int, marker: str) -> SrcInfo:
+    """Turn the reader's output into a SrcInfo, or raise InvalidPkgbuild with makepkg's message."""
     if returncode != 0:
         message = stderr.decode(errors="replace").strip()[-ERROR_TAIL_CHARS:]
         for name in ("pkgname", "pkgver"):

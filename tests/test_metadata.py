@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from apbd import limits
+from apbd import limits, metadata
 from apbd.metadata import InvalidPkgbuild, parse_output_timeout, read_srcinfo
 from tests.doubles.builduser import build_tmp, open_for_build_user, write_tree  # noqa: F401
 
@@ -195,3 +195,59 @@ def test_folder_closed_to_build_user(build_tmp):
                                       "hidden.install": "post_install() { :; }\n"})
     info = read_srcinfo(src, BUILD_USER)
     assert info.pkgnames == ["hidden"]
+
+
+SPLIT_PKGBUILD = """
+pkgbase=suite
+pkgname=(suite-bin suite-data)
+pkgver=4.1
+pkgrel=2
+epoch=3
+arch=(x86_64 aarch64)
+apb_output_timeout=120
+package_suite-bin() { :; }
+package_suite-data() { arch=(any); :; }
+"""
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("pkgname=x\npkgver=1\narch=(any)\n", "pkgrel is not allowed to be empty"),
+    ("pkgname=bad/name\npkgver=1\npkgrel=1\narch=(any)\n", "pkgname contains invalid characters"),
+    ("pkgname=x\npkgver=1-2\npkgrel=1\narch=(any)\n", "pkgver"),
+    ("pkgname=x\npkgver=1\npkgrel=1\nepoch=two\narch=(any)\n", "epoch must be an integer"),
+    ("pkgname=x\r\npkgver=1\r\npkgrel=1\r\narch=(any)\r\n", "CRLF"),
+])
+def test_fields_a_srcinfo_needs_are_linted(build_tmp, text, reason):
+    """The reader skips most of makepkg's lint, but never the checks on the .SRCINFO's own fields."""
+    with pytest.raises(InvalidPkgbuild) as caught:
+        read(build_tmp, text)
+    assert reason in caught.value.detail
+
+
+def test_top_level_exit_gives_no_srcinfo(build_tmp):
+    with pytest.raises(InvalidPkgbuild) as caught:
+        read(build_tmp, "pkgname=x\npkgver=1\npkgrel=1\narch=(any)\nexit 0\n")
+    assert "no complete .SRCINFO" in caught.value.detail
+
+
+def test_same_result_as_makepkg_printsrcinfo(build_tmp, monkeypatch):
+    """The library reader and the makepkg fallback (no library files found) agree field by field."""
+    fast = read(build_tmp, SPLIT_PKGBUILD)
+    monkeypatch.setattr(metadata, "MAKEPKG_LIBRARY", build_tmp / "no-library")
+    slow = read(build_tmp, SPLIT_PKGBUILD)
+    assert fast == slow
+    assert fast.version == "3:4.1-2"
+    assert fast.package_arch == {"suite-data": ["any"]}
+    assert fast.output_timeout_raw == "120"
+
+
+def test_unusable_library_falls_back_to_makepkg(build_tmp, monkeypatch, caplog):
+    """Library files that exist on the host but cannot be loaded in the sandbox mean makepkg runs."""
+    library = open_for_build_user(build_tmp) / "library"
+    for name in metadata.LIBRARY_FILES:
+        (library / name).parent.mkdir(parents=True, exist_ok=True)
+        (library / name).write_text("")
+    monkeypatch.setattr(metadata, "MAKEPKG_LIBRARY", library)
+    info = read(build_tmp, SPLIT_PKGBUILD)
+    assert info.pkgnames == ["suite-bin", "suite-data"]
+    assert "is not usable" in caplog.text
