@@ -89,7 +89,12 @@ def entry_from_member(member: tarfile.TarInfo) -> Entry | None:
     if member.issym():
         return Entry("symlink", name, target=member.linkname)
     if member.islnk():
-        target = split_name(member.linkname)
+        try:
+            target = split_name(member.linkname)
+        except ApiError as e:
+            # The checks name the target as "Member ...", but the member at fault is the link.
+            reason = e.detail.replace("Member", "its target", 1)
+            raise invalid(f"Hard link {name!r} points outside the package folder: {reason}") from e
         return Entry("hardlink", name, target="/".join(target))
     if member.ischr() or member.isblk():
         raise invalid(f"Member {name!r} is a device file")

@@ -54,6 +54,7 @@ def test_folder_drop_built(build_tmp):
     assert status["pkgname"] == "apbd-dropped"
     assert os.listdir(spool.job_dir(build_id) / "packages") == ["apbd-dropped-1.0-1-any.pkg.tar.zst"]
     assert sorted(os.listdir(spool.drop)) == [spool_format.REJECTED_DIR]
+    assert os.listdir(spool.staging) == []
 
 
 def test_tarball_drop_built(build_tmp):

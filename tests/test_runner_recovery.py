@@ -59,6 +59,7 @@ def test_killed_runner_build_failed_once(build_tmp):
     assert state_files == [f"{status['runner_id'].rsplit('-', 1)[0]}-{second.pid}.json"]
     assert status["status"] == "failed"
     assert status["reason"] == f"{REASON_START}{dead_runner} died)"
+    assert status["duration"] == round(status["end_time"] - status["start_time"], 3)
     assert spool.read_status(build_id) == status
     assert build_log(spool, build_id).count(REASON_START) == 1
     assert not (spool.job_dir(build_id) / "claimed").exists()

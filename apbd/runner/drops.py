@@ -104,6 +104,7 @@ class DropImporter:
 
     def import_claimed(self, claimed: Path, build_id: str, name: str) -> str | None:
         """Stage, check and publish a claimed drop, then remove it; return the build id or None."""
+        staging = None
         try:
             staging = self.spool.make_staging_dir(build_id)
             sha256 = self.stage_sources(claimed, staging / spool_format.SOURCES_DIR)
@@ -115,6 +116,10 @@ class DropImporter:
             log.error("drop %s: import as build %s failed: %s; it stays as %s for the next start",
                       name, build_id, e, claimed)
             return None
+        finally:
+            # After a successful publish the staging folder is gone; after a failure it must go.
+            if staging is not None and staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
         _remove(claimed)
         log.info("drop %s imported as build %s (%s %s)", name, build_id, status.get("pkgname"),
                  status.get("version"))

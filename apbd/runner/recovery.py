@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 
 from apbd import limits
 from apbd import spool as spool_format
@@ -41,7 +42,11 @@ def recover_orphan(spool: Spool, build_id: str, runner_id: str, scale: float = 1
         # A runner that crashed between these two writes must not log the reason twice.
         if reason not in _log_tail(spool, build_id):
             spool.append_log(build_id, reason)
-        spool.finish(claim, spool_format.FAILED, reason=reason)
+        end = time.time()
+        timing = {"end_time": end}
+        if isinstance(status.get("start_time"), (int, float)):
+            timing["duration"] = round(end - status["start_time"], 3)
+        spool.finish(claim, spool_format.FAILED, reason=reason, **timing)
         log.warning("build %s: %s; marked failed by runner %s%s", build_id, reason, runner_id,
                     f", killed {', '.join(found)}" if found else "")
     finally:

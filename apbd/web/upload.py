@@ -302,7 +302,8 @@ def submit_build(ctx) -> dict:
         retry = intake.existing_build(ctx.spool, build_id, sha256)
         if retry is not None:
             log.info("build %s: the same upload arrived again; returning the existing build", build_id)
-            return accepted(build_id)
+            return {"build_id": build_id, "status": retry.get("status", spool_format.QUEUED),
+                    "message": "Build already submitted with the same content; it is built once"}
 
         if upload.tarball is not None:
             current_deadline().check()
