@@ -189,3 +189,77 @@ def test_watcher_many_waiters(tmp_path):
     for thread in threads:
         thread.join()
     assert results == [True] * 200
+
+
+def encode_numbered(number, text):
+    return f"{number}:{text}\n".encode()
+
+
+def collect_shared(shared, path, line):
+    """Read every complete line from line on as a follower would: shared bytes, else disk."""
+    out = []
+    while True:
+        held = shared.read(line)
+        if held is None:
+            lines, _ = read_lines(path, line, 3, include_partial=False)
+            out += [f"{n}:{t}\n" for n, t in enumerate(lines, start=line)]
+            line += len(lines)
+            continue
+        pieces, line = held
+        if not pieces:
+            return "".join(out), line
+        out += [p.decode() for p in pieces]
+
+
+def test_shared_log_encodes_each_line_once_for_all_followers(tmp_path):
+    log = tmp_path / "build.log"
+    write(log, b"old 0\nold 1\n")
+    calls = []
+
+    def encode(number, text):
+        calls.append(number)
+        return encode_numbered(number, text)
+
+    shared = logfile.acquire_shared(log, encode)
+    try:
+        assert logfile.acquire_shared(log, encode) is shared
+        logfile.release_shared(shared)
+        # History before the first read comes from disk, not from the shared buffer.
+        assert shared.read(0) is None
+        write(log, b"new 2\nnew 3\npart")
+        first, end = collect_shared(shared, log, 0)
+        second, end2 = collect_shared(shared, log, 3)
+        assert first == "0:old 0\n1:old 1\n2:new 2\n3:new 3\n"
+        assert second == "3:new 3\n"
+        assert end == end2 == 4
+        assert calls == [2, 3]
+    finally:
+        logfile.release_shared(shared)
+    assert logfile.acquire_shared(log, encode) is not shared
+
+
+def test_shared_log_bounded_buffer_falls_back_to_disk(tmp_path, monkeypatch):
+    monkeypatch.setattr(logfile, "SHARED_BUFFER_BYTES", 64)
+    monkeypatch.setattr(logfile, "SHARED_READ_BYTES", 40)
+    log = tmp_path / "build.log"
+    write(log, b"")
+    shared = logfile.SharedLog(log, encode_numbered)
+    assert shared.read(0) == ([], 0)
+    write(log, b"".join(b"line %d\n" % i for i in range(200)) + b"x" * 100 + b"\n")
+    text, end = collect_shared(shared, log, 0)
+    assert end == 201
+    assert text == "".join(f"{i}:line {i}\n" for i in range(200)) + "200:" + "x" * 100 + "\n"
+    assert shared.buffered <= 64 + 200
+    assert shared.base > 100
+
+
+def test_shared_log_replaced_file_restarts(tmp_path):
+    log = tmp_path / "build.log"
+    write(log, b"a\nb\nc\n")
+    shared = logfile.SharedLog(log, encode_numbered)
+    assert shared.read(3) == ([], 3)
+    os.unlink(log)
+    write(log, b"z\n")
+    assert shared.read(1) == ([], 1)
+    write(log, b"y\n")
+    assert shared.read(1) == ([b"1:y\n"], 2)

@@ -448,6 +448,9 @@ def test_two_hundred_followers(server, spool):
     for n in range(followers):
         assert results[n] == expected, n
     assert elapsed < 30
+    # Every stream released the build's shared reader, so its buffer is gone.
+    assert wait_for_no_streams(server, 10) < 10
+    assert not any(path.endswith(build_id + "/build.log") for path, _ in logfile._shared)
 
 
 def wait_for_no_streams(live: LiveServer, timeout: float) -> float:

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 # Seconds between two stats of a watched file: the delay before a new line
 # reaches a follower.
-POLL_INTERVAL_S = 0.15
+POLL_INTERVAL_S = 0.1
 # Bytes read at once while scanning a log for line ends.
 SCAN_CHUNK_BYTES = 1024 * 1024
 # Line indexes kept in memory; each costs 8 bytes per line of its log.
@@ -86,6 +86,22 @@ def decode_line(data: bytes) -> str:
     return data.decode("utf-8", errors="replace")
 
 
+def read_exactly(fd: int, size: int, offset: int) -> bytes:
+    """Read size bytes at offset, fewer only if the file is shorter."""
+    data = os.pread(fd, size, offset)
+    if len(data) == size or not data:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < size:
+        piece = os.pread(fd, size - got, offset + got)
+        if not piece:
+            break
+        parts.append(piece)
+        got += len(piece)
+    return b"".join(parts)
+
+
 class _OpenLog:
     """An open log with its index scanned up to the size seen at open time."""
 
@@ -108,11 +124,17 @@ class _OpenLog:
     def has_partial(self) -> bool:
         return self.size > self.index.start_of(self.complete)
 
-    def read_line(self, line: int) -> str:
-        """Return line `line`: a complete one without its "\\n", or the unterminated last one."""
-        start = self.index.start_of(line)
-        end = self.index.ends[line] - 1 if line < self.complete else self.size
-        return decode_line(os.pread(self.fd, end - start, start)) if end > start else ""
+    def read_span(self, start: int, stop: int) -> list[str]:
+        """Return lines start to stop - 1 with one read; the last may be the unterminated one."""
+        if stop <= start:
+            return []
+        begin = self.index.start_of(start)
+        end = self.index.ends[stop - 1] if stop <= self.complete else self.size
+        data = read_exactly(self.fd, end - begin, begin)
+        parts = data.split(b"\n")
+        if stop <= self.complete:
+            parts.pop()  # the empty text after the last "\n"
+        return [decode_line(part) for part in parts]
 
     def close(self) -> None:
         os.close(self.fd)
@@ -134,7 +156,7 @@ def read_lines(path: str | os.PathLike, start_index: int, limit: int,
         total = opened.complete + (1 if include_partial and opened.has_partial else 0)
         start = max(0, start_index)
         stop = min(total, start + max(0, limit))
-        return [opened.read_line(i) for i in range(start, stop)], total
+        return opened.read_span(start, stop), total
     finally:
         opened.close()
 
@@ -256,3 +278,153 @@ class LogFollower:
         known = {self.path: self.signature}
         known.update(also or {})
         return self.watcher.wait(known, timeout)
+
+
+# Encoded bytes of recent lines that a SharedLog keeps in memory. A follower
+# further behind reads its lines from disk, so memory stays bounded for any log size.
+SHARED_BUFFER_BYTES = 4 * 1024 * 1024
+# Bytes a SharedLog reads at once from the log.
+SHARED_READ_BYTES = 1024 * 1024
+
+
+class _Batch:
+    """Encoded lines first..first+len(ends)-1; ends[i] is where line first+i ends in data."""
+
+    def __init__(self, first: int, data: bytes, ends: list[int]):
+        self.first = first
+        self.data = data
+        self.ends = ends
+
+    @property
+    def stop(self) -> int:
+        return self.first + len(self.ends)
+
+    def tail_from(self, line: int) -> bytes:
+        if line <= self.first:
+            return self.data
+        return self.data[self.ends[line - self.first - 1]:]
+
+
+class SharedLog:
+    """One reader of a followed log for every stream of its build.
+
+    The first follower to call read() after the log grew reads the appended
+    bytes in big chunks, splits them into lines and encodes each line once with
+    encode(number, text). Every follower then gets the same encoded bytes. Only the newest
+    SHARED_BUFFER_BYTES stay in memory: read() returns None to a follower
+    whose position is older, and it reads those lines from disk.
+    """
+
+    def __init__(self, path: Path, encode):
+        self.path = path
+        self.encode = encode
+        self.lock = threading.Lock()
+        self.users = 0
+        self.file_id: tuple[int, int] | None = None
+        self.read_pos = 0
+        self.lines = 0
+        self.batches: list[_Batch] = []
+        # firsts[i] is batches[i].first, kept for bisect.
+        self.firsts: list[int] = []
+        self.buffered = 0
+
+    @property
+    def base(self) -> int:
+        """The first line still held in memory."""
+        return self.batches[0].first if self.batches else self.lines
+
+    def read(self, line: int) -> tuple[list[bytes], int] | None:
+        """Return the encoded complete lines from line on and the line after them.
+
+        None means those lines are no longer held: read them from disk.
+        """
+        with self.lock:
+            self._refresh()
+            if line < self.base:
+                return None
+            start = bisect.bisect_right(self.firsts, line) - 1
+            pieces = [batch.tail_from(line) for batch in self.batches[max(0, start):] if batch.stop > line]
+            return pieces, max(line, self.lines)
+
+    def _restart(self, fd: int, st: os.stat_result) -> None:
+        """Restart after the complete lines the file contains now, so followers behind read from disk."""
+        index = _index_for(self.path, st)
+        with index.lock:
+            index.extend(fd, st.st_size)
+            self.lines = bisect.bisect_right(index.ends, st.st_size)
+            self.read_pos = index.start_of(self.lines)
+        self.file_id = (st.st_dev, st.st_ino)
+        self.batches = []
+        self.firsts = []
+        self.buffered = 0
+
+    def _refresh(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            st = os.fstat(fd)
+            if self.file_id != (st.st_dev, st.st_ino) or st.st_size < self.read_pos:
+                if self.file_id is not None:
+                    log.info("%s was replaced or truncated; following it from its end", self.path)
+                self._restart(fd, st)
+            while self.read_pos < st.st_size and self._read_chunk(fd, st.st_size):
+                pass
+        finally:
+            os.close(fd)
+
+    def _read_chunk(self, fd: int, size: int) -> bool:
+        """Encode the complete lines of the next chunk; return False if it contains none yet."""
+        data = bytearray()
+        pos = self.read_pos
+        while pos < size:
+            piece = os.pread(fd, min(SHARED_READ_BYTES, size - pos), pos)
+            if not piece:
+                break
+            data += piece
+            pos += len(piece)
+            if b"\n" in piece:
+                break
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            return False
+        events = [self.encode(self.lines + i, decode_line(part))
+                  for i, part in enumerate(bytes(data[:cut]).split(b"\n"))]
+        ends, total = [], 0
+        for event in events:
+            total += len(event)
+            ends.append(total)
+        self.batches.append(_Batch(self.lines, b"".join(events), ends))
+        self.firsts.append(self.lines)
+        self.buffered += total
+        self.lines += len(events)
+        self.read_pos += cut + 1
+        while self.buffered > SHARED_BUFFER_BYTES and len(self.batches) > 1:
+            self.buffered -= len(self.batches.pop(0).data)
+            self.firsts.pop(0)
+        return True
+
+
+_shared: dict[tuple[str, object], SharedLog] = {}
+_shared_lock = threading.Lock()
+
+
+def acquire_shared(path: str | os.PathLike, encode) -> SharedLog:
+    """Return the SharedLog of path for this encoder; release_shared() it when done."""
+    key = (str(path), encode)
+    with _shared_lock:
+        shared = _shared.get(key)
+        if shared is None:
+            shared = _shared[key] = SharedLog(Path(path), encode)
+        shared.users += 1
+    return shared
+
+
+def release_shared(shared: SharedLog) -> None:
+    """Forget a SharedLog and its buffer once its last follower is gone."""
+    with _shared_lock:
+        shared.users -= 1
+        key = (str(shared.path), shared.encode)
+        if shared.users <= 0 and _shared.get(key) is shared:
+            del _shared[key]

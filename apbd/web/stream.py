@@ -37,7 +37,7 @@ import bottle
 
 from apbd import limits, spool as spool_format
 from apbd.errors import not_found
-from apbd.web.logfile import WATCHER, LogFollower, file_signature
+from apbd.web.logfile import WATCHER, acquire_shared, file_signature, read_lines, release_shared
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,13 @@ def sse_safe_line(text: str) -> str:
     return text.replace("\r", "\u240d")
 
 
+def encode_line(number: int, text: str) -> bytes:
+    """Return the output event of line number (counted from 0): its id is the lines sent with it."""
+    return encode_event("output", sse_safe_line(text), number + 1)
+
+
 def encode_lines(batch: list[tuple[int, str]]) -> bytes:
-    return b"".join(encode_event("output", sse_safe_line(text), number + 1) for number, text in batch)
+    return b"".join(encode_line(number, text) for number, text in batch)
 
 
 def json_error(status: int, error: str, detail: str) -> bottle.HTTPResponse:
@@ -147,8 +152,12 @@ class BuildStream:
         self.ctx = ctx
         self.build_id = build_id
         self.job = ctx.spool.job_dir(build_id)
-        self.follower = LogFollower(self.job / spool_format.LOG_FILE, start_line,
-                                    getattr(ctx, "log_watcher", None) or WATCHER)
+        self.log_path = self.job / spool_format.LOG_FILE
+        self.next_line = max(0, start_line)
+        self.log_signature = None
+        self.watcher = getattr(ctx, "log_watcher", None) or WATCHER
+        # Every stream of this build gets its lines from one reader (see logfile.SharedLog).
+        self.shared = acquire_shared(self.log_path, encode_line)
         self.heartbeat_s = float(getattr(ctx, "sse_heartbeat_s", None) or limits.SSE_HEARTBEAT_S)
         self.client_disconnected = disconnect_check(environ)
         self.slots = slots
@@ -166,9 +175,10 @@ class BuildStream:
         if self.released:
             return
         self.released = True
+        release_shared(self.shared)
         self.slots.release()
         log.debug("build %s: stream closed at line %d (%d streams open)",
-                  self.build_id, self.follower.next_line, self.slots.open)
+                  self.build_id, self.next_line, self.slots.open)
 
     def read_state(self) -> tuple[dict | None, dict[Path, tuple | None]]:
         """Return the job's status and the status file's signature, taken before the read."""
@@ -202,7 +212,7 @@ class BuildStream:
                     return
                 state = status.get("status")
                 if state != sent_state:
-                    yield encode_event("status", json.dumps({"status": state}), self.follower.next_line)
+                    yield encode_event("status", json.dumps({"status": state}), self.next_line)
                     sent_state = state
 
                 finished = state in spool_format.TERMINAL_STATES
@@ -213,27 +223,54 @@ class BuildStream:
                 yield from self.send_new_lines(final=finished)
                 if finished:
                     result = {"status": state, "exit_code": status.get("exit_code")}
-                    yield encode_event("complete", json.dumps(result), self.follower.next_line)
+                    yield encode_event("complete", json.dumps(result), self.next_line)
                     return
 
             now = time.monotonic()
             if now >= heartbeat_at:
-                yield encode_event("heartbeat", repr(time.time()), self.follower.next_line)
+                yield encode_event("heartbeat", repr(time.time()), self.next_line)
                 heartbeat_at = now + self.heartbeat_s
             timeout = heartbeat_at - now
             if self.client_disconnected is not None:
                 timeout = min(timeout, DISCONNECT_CHECK_S)
-            changed = self.follower.wait(max(0.0, timeout), also=status_signature)
+            known = {self.log_path: self.log_signature}
+            known.update(status_signature)
+            changed = self.watcher.wait(known, max(0.0, timeout))
             if self.client_disconnected is not None and self.client_disconnected():
                 log.debug("build %s: stream client went away", self.build_id)
                 return
 
     def send_new_lines(self, *, final: bool):
+        """Send the complete lines not yet sent; with final=True also an unterminated last one.
+
+        Lines still in the shared reader's memory go out as its encoded bytes; older
+        ones are read from disk, BATCH_LINES at a time.
+        """
+        # Taken before reading, so a line written during the read wakes the next wait.
+        self.log_signature = file_signature(self.log_path)
         while True:
-            batch = self.follower.read_new(final=final, max_lines=BATCH_LINES)
-            if not batch:
-                return
-            yield encode_lines(batch)
+            held = self.shared.read(self.next_line)
+            if held is None:
+                if not (yield from self.send_from_disk(final=False)):
+                    break
+                continue
+            pieces, self.next_line = held
+            if not pieces:
+                break
+            for piece in pieces:
+                yield piece
+        if final:
+            while (yield from self.send_from_disk(final=True)):
+                pass
+
+    def send_from_disk(self, *, final: bool):
+        """Send up to BATCH_LINES lines read from disk; return whether there were any."""
+        lines, _ = read_lines(self.log_path, self.next_line, BATCH_LINES, include_partial=final)
+        if not lines:
+            return False
+        yield encode_lines(list(enumerate(lines, start=self.next_line)))
+        self.next_line += len(lines)
+        return True
 
 
 def install(app: bottle.Bottle, ctx) -> None:
