@@ -22,6 +22,8 @@ class Option:
     help: str
     type: Callable | None = str
     is_switch: bool = False
+    # How --help describes a default that is computed at run time.
+    default_text: str | None = None
 
 
 def _size(value: str) -> int:
@@ -95,7 +97,7 @@ SHARED_OPTIONS = [
     Option("--build-user", "APB_BUILD_USER", "apbd-build",
            "unprivileged user that runs makepkg when apbd runs as root"),
     Option("--architecture", "APB_ARCHITECTURE", None,
-           "architecture to report and build for (default: from /etc/pacman.conf, else uname -m)"),
+           "architecture to report and build for", default_text="from /etc/pacman.conf, else uname -m"),
 ]
 
 
@@ -114,6 +116,11 @@ def add_options(parser: argparse.ArgumentParser, options: list[Option]) -> None:
                 default = option.type(raw) if option.type else raw
             except (ValueError, argparse.ArgumentTypeError) as e:
                 parser.error(f"invalid {option.env}={raw!r}: {e}")
-        shown = "detected" if option.default is None else option.default
+        if option.default_text:
+            shown = option.default_text
+        elif option.default == "":
+            shown = "off"
+        else:
+            shown = option.default
         parser.add_argument(option.flag, type=option.type, default=default, metavar=option.flag[2:].upper().replace("-", "_"),
                             help=f"{option.help} (default: {shown}; env {option.env})")
