@@ -127,6 +127,7 @@ class Build:
                  self.ctx.builder.name)
         for line in self.ctx.builder.header():
             self.note(line)
+        self.warn_unused_repos()
 
         self.prepare_work()
         command = self.ctx.builder.command(self.paths)
@@ -169,6 +170,17 @@ class Build:
         if reason:
             fields["reason"] = reason
         return self.spool.finish(self.claim, state, **fields)
+
+    def warn_unused_repos(self) -> None:
+        """Say in the log that the farm's extra_repos are not used, so nobody assumes they were."""
+        # TODO: add them to the pacman.conf of the build's chroot copy (apbd.repos.render_pacman_conf);
+        # makechrootpkg offers no hook between copying the buildroot and installing dependencies.
+        repos = (self.spool.read_status(self.build_id) or {}).get("extra_repos") or []
+        names = [r.get("name", "?") for r in repos if isinstance(r, dict)]
+        if names:
+            self.note(f"WARNING: extra repositories {', '.join(names)} were sent with this build, "
+                      f"but {self.ctx.builder.name} does not use them yet: dependencies come only "
+                      "from the buildroot's own repositories")
 
     def timeouts(self) -> tuple[int, int]:
         """Return the build timeout and output timeout of this job, in seconds."""
