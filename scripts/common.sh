@@ -18,6 +18,17 @@ die() {
 }
 
 # Re-run the calling script as root through sudo when needed.
+# Print the comment block at the top of the calling script and exit, for -h/--help.
+show_help_if_asked() {
+  local arg
+  for arg in "$@"; do
+    if [[ $arg == -h || $arg == --help ]]; then
+      sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"
+      exit 0
+    fi
+  done
+}
+
 require_root() {
   if [[ $(id -u) -ne 0 ]]; then
     command -v sudo >/dev/null || die "run this script as root (sudo is not installed)"
