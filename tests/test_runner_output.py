@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import os
 import time
 
 import psutil
 
+from apbd.runner import process as build_process
 from tests.doubles.builduser import build_tmp  # noqa: F401
 from tests.doubles.jobs import make_spool, publish, trivial_pkgbuild, wait_for
 from tests.support.servers import Runner
@@ -15,7 +18,7 @@ LINE = b"apbd output test line 0123456789 abcdefghijklmnopqrstuvwxyz\n"
 TOTAL = 200 * 1024 * 1024
 BEGIN = b"APBD-BEGIN-OF-FLOOD\n"
 END = b"APBD-END-OF-FLOOD\n"
-# The runner copies output in 64 KiB chunks; its memory may grow by a few MB, never by the output.
+# The runner copies output through a 1 MiB buffer; its memory may grow by a few MB, never by the output.
 RSS_GROWTH_LIMIT = 30 * 1024 * 1024
 
 FLOOD = f"""build() {{
@@ -75,3 +78,38 @@ def test_flood_logged_byte_exact(build_tmp):
     digest, after = flood_digest(spool.job_dir(build_id) / "build.log")
     assert digest == expected_digest()
     assert after == END
+
+
+def pipe_size_after_enlarging() -> tuple[int | None, int]:
+    """Return what enlarge_pipe returned for a new pipe, and the size the kernel reports after it."""
+    read_fd, write_fd = os.pipe()
+    try:
+        returned = build_process.enlarge_pipe(read_fd)
+        return returned, fcntl.fcntl(read_fd, fcntl.F_GETPIPE_SZ)
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+def test_pipe_enlarged_to_pipe_size():
+    limit = int(build_process.PIPE_MAX_SIZE_FILE.read_text())
+    returned, actual = pipe_size_after_enlarging()
+    assert returned == actual
+    assert actual == min(build_process.PIPE_SIZE, limit)
+
+
+def test_pipe_size_capped_by_kernel_limit(tmp_path, monkeypatch):
+    limit_file = tmp_path / "pipe-max-size"
+    limit_file.write_text("131072\n")
+    monkeypatch.setattr(build_process, "PIPE_MAX_SIZE_FILE", limit_file)
+    returned, actual = pipe_size_after_enlarging()
+    assert returned == 131072
+    assert actual == 131072
+
+
+def test_pipe_kept_when_size_rejected(monkeypatch):
+    """A size the kernel rejects leaves the pipe at its old size, without an error."""
+    monkeypatch.setattr(build_process, "PIPE_SIZE", -1)
+    returned, actual = pipe_size_after_enlarging()
+    assert returned is None
+    assert actual > 0
