@@ -26,6 +26,10 @@ INBUF_OVERFLOW_BYTES = 512 * 1024
 # buffered for a slow client. waitress's default of 16 MiB per connection let
 # 500 SSE followers grow the web process to 1.1 GB.
 OUTBUF_HIGH_WATERMARK_BYTES = 1024 * 1024
+# Bytes waitress reads from a socket per call. Its default of 8 KiB makes a
+# large upload cost many event-loop rounds: a bare waitress route stored a
+# 300 MB body in 0.33 s with 256 KiB against 0.82 s with 8 KiB.
+RECV_BYTES = 256 * 1024
 # Seconds between waitress's checks for idle connections and late uploads.
 MAINTENANCE_INTERVAL_S = 1.0
 # File descriptors kept free for spool files, logs and makepkg pipes when the
@@ -115,6 +119,7 @@ def create_server(ctx: WebContext, host: str, port: int):
         # went away is seen within a second, not at the next heartbeat.
         channel_request_lookahead=1,
         outbuf_high_watermark=OUTBUF_HIGH_WATERMARK_BYTES,
+        recv_bytes=RECV_BYTES,
         ident="apbd",
         clear_untrusted_proxy_headers=True,
     )
