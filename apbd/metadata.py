@@ -243,11 +243,11 @@ def _read_srcinfo(src_dir: Path, user: sandbox.BuildUser) -> SrcInfo:
     if _library_usable(MAKEPKG_LIBRARY):
         stdout, stderr, returncode = _run_reader(_library_script(marker), src_dir, user, config)
         if returncode != LIBRARY_UNUSABLE_EXIT:
-            return _srcinfo_from_output(stdout, stderr, returncode, marker)
+            return _srcinfo_from_output(stdout, stderr, returncode, marker, src_dir)
         log.warning("makepkg's library in %s is not usable; reading PKGBUILDs with makepkg "
                     "--printsrcinfo", MAKEPKG_LIBRARY)
     stdout, stderr, returncode = _run_reader(_makepkg_script(marker), src_dir, user, config)
-    return _srcinfo_from_output(stdout, stderr, returncode, marker)
+    return _srcinfo_from_output(stdout, stderr, returncode, marker, src_dir)
 
 
 def _run_reader(script: str, src_dir: Path, user: sandbox.BuildUser,
@@ -277,10 +277,16 @@ def _run_reader(script: str, src_dir: Path, user: sandbox.BuildUser,
             subprocess.run(["rm", "-rf", "--one-file-system", str(scratch)], check=False)
 
 
-def _srcinfo_from_output(stdout: bytes, stderr: bytes, returncode: int, marker: str) -> SrcInfo:
-    """Turn the reader's output into a SrcInfo, or raise InvalidPkgbuild with makepkg's message."""
+def _srcinfo_from_output(stdout: bytes, stderr: bytes, returncode: int, marker: str,
+                         src_dir: Path) -> SrcInfo:
+    """Turn the reader's output into a SrcInfo, or raise InvalidPkgbuild with makepkg's message.
+
+    bash names the PKGBUILD by its full path in syntax errors; the message
+    goes to the client, so the server's folder is cut from it.
+    """
     if returncode != 0:
-        message = stderr.decode(errors="replace").strip()[-ERROR_TAIL_CHARS:]
+        message = stderr.decode(errors="replace").replace(f"{src_dir}/", "")
+        message = message.strip()[-ERROR_TAIL_CHARS:]
         for name in ("pkgname", "pkgver"):
             if f"{name} is not allowed to be empty" in message:
                 raise InvalidPkgbuild(f"The PKGBUILD sets no {name}. makepkg output: {message}")

@@ -106,6 +106,13 @@ def test_syntax_error_rejected(build_tmp):
     assert "makepkg could not read the PKGBUILD" in caught.value.detail
 
 
+def test_syntax_error_hides_server_folder(build_tmp):
+    with pytest.raises(InvalidPkgbuild) as caught:
+        read(build_tmp, "pkgname=x\npkgver=1\npkgrel=1\narch=(any)\nif then fi (\n")
+    assert "PKGBUILD: line 5" in caught.value.detail
+    assert str(build_tmp) not in caught.value.detail
+
+
 def test_missing_pkgbuild_rejected(build_tmp):
     src = open_for_build_user(build_tmp) / "empty"
     src.mkdir(mode=0o755)
