@@ -321,6 +321,7 @@ class SharedLog:
         self.lock = threading.Lock()
         self.users = 0
         self.file_id: tuple[int, int] | None = None
+        self.signature: tuple | None = None
         self.read_pos = 0
         self.lines = 0
         self.batches: list[_Batch] = []
@@ -333,18 +334,24 @@ class SharedLog:
         """The first line still held in memory."""
         return self.batches[0].first if self.batches else self.lines
 
-    def read(self, line: int) -> tuple[list[bytes], int] | None:
-        """Return the encoded complete lines from line on and the line after them.
+    def read(self, line: int) -> tuple[list[bytes], int, tuple | None] | None:
+        """Return the encoded complete lines from line on, the line after them and a signature.
 
-        None means those lines are no longer held: read them from disk.
+        The signature is file_signature() of the log taken before its last
+        read, for FileWatcher.wait(). None means those lines are no longer
+        in memory: read them from disk.
         """
+        # One stat per call, and the file is read only when it changed.
+        signature = file_signature(self.path)
         with self.lock:
-            self._refresh()
+            if signature != self.signature:
+                self._refresh()
+                self.signature = signature
             if line < self.base:
                 return None
             start = bisect.bisect_right(self.firsts, line) - 1
             pieces = [batch.tail_from(line) for batch in self.batches[max(0, start):] if batch.stop > line]
-            return pieces, max(line, self.lines)
+            return pieces, max(line, self.lines), self.signature
 
     def _restart(self, fd: int, st: os.stat_result) -> None:
         """Restart after the complete lines the file contains now, so followers behind read from disk."""

@@ -200,12 +200,17 @@ class BuildStream:
     def follow_build(self):
         sent_state = None
         changed = True
+        status_path = self.job / spool_format.STATUS_FILE
+        status_signature = {status_path: ("not read yet",)}
         heartbeat_at = time.monotonic() + self.heartbeat_s
         while True:
             # Files are read again only when the watcher saw them change, so an
             # idle stream does no I/O between heartbeats and disconnect checks.
             if changed:
-                status, status_signature = self.read_state()
+                # The log changes far more often than the status: one stat
+                # tells whether status.json must be parsed again.
+                if file_signature(status_path) != status_signature[status_path]:
+                    status, status_signature = self.read_state()
                 if status is None:
                     log.info("build %s: job folder gone, ending its stream", self.build_id)
                     yield b": the build's job folder was removed\n\n"
@@ -246,15 +251,15 @@ class BuildStream:
         Lines still in the shared reader's memory go out as its encoded bytes; older
         ones are read from disk, BATCH_LINES at a time.
         """
-        # Taken before reading, so a line written during the read wakes the next wait.
-        self.log_signature = file_signature(self.log_path)
         while True:
             held = self.shared.read(self.next_line)
             if held is None:
+                # Taken before reading, so a line written during the read wakes the next wait.
+                self.log_signature = file_signature(self.log_path)
                 if not (yield from self.send_from_disk(final=False)):
                     break
                 continue
-            pieces, self.next_line = held
+            pieces, self.next_line, self.log_signature = held
             if not pieces:
                 break
             for piece in pieces:
