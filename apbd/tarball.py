@@ -32,7 +32,9 @@ from apbd.errors import ApiError
 
 PKGBUILD = "PKGBUILD"
 _CHUNK = 1024 * 1024
-_FORBIDDEN_CHARS = ("\n", "\r", "\\", "\0")
+# A "%" is rejected too: clients such as the APB farm put file names into
+# download URLs unquoted, so "a%20b" would come back as "a b" and not be found.
+_FORBIDDEN_CHARS = ("\n", "\r", "\\", "\0", "%")
 
 
 @dataclass
@@ -58,7 +60,8 @@ def invalid(detail: str) -> ApiError:
 def split_name(raw: str) -> list[str]:
     """Return the path components of a member name; reject names that could escape."""
     if any(c in raw for c in _FORBIDDEN_CHARS):
-        raise invalid(f"Member name {raw!r} contains a newline, backslash or NUL character")
+        raise invalid(f"Member name {raw!r} contains a newline, backslash, NUL or '%' character; "
+                      "rename the file")
     try:
         raw.encode("utf-8")
     except UnicodeEncodeError:
