@@ -4,6 +4,8 @@ import os
 import threading
 import time
 
+import pytest
+
 from apbd.web import logfile
 from apbd.web.logfile import FileWatcher, LogFollower, read_lines
 
@@ -211,7 +213,12 @@ def collect_shared(shared, path, line):
         out += [p.decode() for p in pieces]
 
 
-def test_shared_log_encodes_each_line_once_for_all_followers(tmp_path):
+@pytest.fixture
+def no_refresh_pause(monkeypatch):
+    monkeypatch.setattr(logfile, "SHARED_REFRESH_S", 0)
+
+
+def test_shared_log_encodes_each_line_once_for_all_followers(tmp_path, no_refresh_pause):
     log = tmp_path / "build.log"
     write(log, b"old 0\nold 1\n")
     calls = []
@@ -238,7 +245,7 @@ def test_shared_log_encodes_each_line_once_for_all_followers(tmp_path):
     assert logfile.acquire_shared(log, encode) is not shared
 
 
-def test_shared_log_bounded_buffer_falls_back_to_disk(tmp_path, monkeypatch):
+def test_shared_log_bounded_buffer_falls_back_to_disk(tmp_path, monkeypatch, no_refresh_pause):
     monkeypatch.setattr(logfile, "SHARED_BUFFER_BYTES", 64)
     monkeypatch.setattr(logfile, "SHARED_READ_BYTES", 40)
     log = tmp_path / "build.log"
@@ -253,7 +260,7 @@ def test_shared_log_bounded_buffer_falls_back_to_disk(tmp_path, monkeypatch):
     assert shared.base > 100
 
 
-def test_shared_log_replaced_file_restarts(tmp_path):
+def test_shared_log_replaced_file_restarts(tmp_path, no_refresh_pause):
     log = tmp_path / "build.log"
     write(log, b"a\nb\nc\n")
     shared = logfile.SharedLog(log, encode_numbered)
@@ -263,3 +270,18 @@ def test_shared_log_replaced_file_restarts(tmp_path):
     assert shared.read(1)[:2] == ([], 1)
     write(log, b"y\n")
     assert shared.read(1)[:2] == ([b"1:y\n"], 2)
+
+
+def test_shared_log_refresh_pause(tmp_path, monkeypatch):
+    monkeypatch.setattr(logfile, "SHARED_REFRESH_S", 60)
+    log = tmp_path / "build.log"
+    write(log, b"a\n")
+    shared = logfile.SharedLog(log, encode_numbered)
+    assert shared.read(1)[:2] == ([], 1)
+    write(log, b"b\n")
+    pieces, line, signature = shared.read(1)
+    assert (pieces, line) == ([], 1)
+    # The signature of the last read differs from the file, so a wait wakes at once.
+    assert signature != logfile.file_signature(log)
+    shared.refreshed_at -= 60
+    assert shared.read(1)[:2] == ([b"1:b\n"], 2)

@@ -285,6 +285,10 @@ class LogFollower:
 SHARED_BUFFER_BYTES = 4 * 1024 * 1024
 # Bytes a SharedLog reads at once from the log.
 SHARED_READ_BYTES = 1024 * 1024
+# Seconds between two reads of a SharedLog's file. A log written without
+# pause changes between the stats of its 500 followers, so without this
+# pause each of them would read it in turn while the others wait for the lock.
+SHARED_REFRESH_S = 0.02
 
 
 class _Batch:
@@ -322,6 +326,7 @@ class SharedLog:
         self.users = 0
         self.file_id: tuple[int, int] | None = None
         self.signature: tuple | None = None
+        self.refreshed_at = float("-inf")
         self.read_pos = 0
         self.lines = 0
         self.batches: list[_Batch] = []
@@ -341,10 +346,13 @@ class SharedLog:
         read, for FileWatcher.wait(). None means those lines are no longer
         in memory: read them from disk.
         """
-        # One stat per call, and the file is read only when it changed.
+        # One stat per call, and the file is read only when it changed. A
+        # change missed here wakes the caller's next FileWatcher.wait.
         signature = file_signature(self.path)
+        now = time.monotonic()
         with self.lock:
-            if signature != self.signature:
+            if signature != self.signature and now - self.refreshed_at >= SHARED_REFRESH_S:
+                self.refreshed_at = now
                 self._refresh()
                 self.signature = signature
             if line < self.base:
