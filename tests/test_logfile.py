@@ -281,7 +281,7 @@ def test_shared_log_refresh_pause(tmp_path, monkeypatch):
     write(log, b"b\n")
     pieces, line, signature = shared.read(1)
     assert (pieces, line) == ([], 1)
-    # The signature of the last read differs from the file, so a wait wakes at once.
+    # The signature of the last read differs from the file, so the next wait wakes at the next poll.
     assert signature != logfile.file_signature(log)
     shared.refreshed_at -= 60
     assert shared.read(1)[:2] == ([b"1:b\n"], 2)

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 # Seconds between two stats of a watched file: the delay before a new line
 # reaches a follower.
-POLL_INTERVAL_S = 0.1
+POLL_INTERVAL_S = 0.05
 # Bytes read at once while scanning a log for line ends.
 SCAN_CHUNK_BYTES = 1024 * 1024
 # Line indexes kept in memory; each costs 8 bytes per line of its log.
