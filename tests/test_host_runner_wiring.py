@@ -82,7 +82,7 @@ def test_runner_recreates_buildroot(build_tmp):
     calls = build_tmp / "mkarchroot.jsonl"
     buildroot = build_tmp / "buildroot"
     runner = Runner(spool.root, build_tmp, ["--builder", "makechrootpkg", "--buildroot", str(buildroot),
-                                           "--buildroot-autorecreate", "2"],
+                                           "--buildroot-autorecreate", "2", "--max-concurrent", "1"],
                     env={"PATH": f"{bin_dir}{os.pathsep}{DOUBLES}{os.pathsep}{os.environ['PATH']}",
                          "APBD_DOUBLE_LOG": str(calls)})
     try:

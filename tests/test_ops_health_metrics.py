@@ -27,7 +27,13 @@ class LiveServer:
 
     def close(self):
         # Close the sockets from the loop's own thread, so its select() never sees a closed descriptor.
-        self.server.trigger.pull_trigger(lambda: wasyncore.close_all(self.server._map))
+        try:
+            self.server.trigger.pull_trigger(lambda: wasyncore.close_all(self.server._map))
+        except OSError as e:
+            # NOTE: seen once in a full run: the trigger was already closed (EBADF) after a
+            # passing test, cause not found. The loop is then gone, so close the sockets here.
+            print(f"test server: trigger already closed ({e}); closing its sockets directly")
+            wasyncore.close_all(self.server._map)
         self.thread.join(5)
         self.server.task_dispatcher.shutdown()
 
