@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from apbd import gpgkeys, limits, srcdest
+from apbd import chrootrepos, gpgkeys, limits, srcdest
 from apbd import spool as spool_format
 from apbd.runner.builders import Builder, WorkPaths
 from apbd.runner.process import BuildProcess, build_processes, signal_build
@@ -45,6 +45,10 @@ def time_scale() -> float:
         log.error("ignoring %s=%r: not a number", TIME_SCALE_ENV, raw)
         return 1.0
     return value if value > 0 else 1.0
+
+
+class SetupFailed(Exception):
+    """A step before the build command failed; the message is the build's reason."""
 
 
 @dataclass
@@ -127,15 +131,19 @@ class Build:
                  self.ctx.builder.name)
         for line in self.ctx.builder.header():
             self.note(line)
-        self.warn_unused_repos()
 
         self.prepare_work()
-        command = self.ctx.builder.command(self.paths)
-        command.env["GNUPGHOME"] = str(self.prepare_keys())
+        gnupghome = self.prepare_keys()
         host = self.hold_host_resources()
         if host is None:
             return self.finish_stopped_before_start(start)
         try:
+            try:
+                chroot_args = self.prepare_extra_repos(gnupghome)
+            except SetupFailed as e:
+                return self.finish_before_start(start, spool_format.FAILED, str(e))
+            command = self.ctx.builder.command(self.paths, chroot_args)
+            command.env["GNUPGHOME"] = str(gnupghome)
             process = BuildProcess(self.build_id, command, self.job / spool_format.LOG_FILE)
             self.spool.update_status(self.claim, build_pid=process.pid, build_pgid=process.pgid,
                                      **({"build_started": process.create_time} if process.create_time else {}))
@@ -171,16 +179,31 @@ class Build:
             fields["reason"] = reason
         return self.spool.finish(self.claim, state, **fields)
 
-    def warn_unused_repos(self) -> None:
-        """Say in the log that the farm's extra_repos are not used, so nobody assumes they were."""
-        # TODO: add them to the pacman.conf of the build's chroot copy (apbd.repos.render_pacman_conf);
-        # makechrootpkg offers no hook between copying the buildroot and installing dependencies.
+    def prepare_extra_repos(self, gnupghome: Path) -> list[str]:
+        """Add the farm's extra_repos to this build's chroot; return makechrootpkg's extra arguments.
+
+        Raises SetupFailed when they cannot be added: building without them
+        would fail later, or worse, build against other packages than the
+        farm asked for.
+        """
         repos = (self.spool.read_status(self.build_id) or {}).get("extra_repos") or []
-        names = [r.get("name", "?") for r in repos if isinstance(r, dict)]
-        if names:
-            self.note(f"WARNING: extra repositories {', '.join(names)} were sent with this build, "
-                      f"but {self.ctx.builder.name} does not use them yet: dependencies come only "
-                      "from the buildroot's own repositories")
+        if not repos:
+            return []
+        names = ", ".join(str(r.get("name", "?")) for r in repos if isinstance(r, dict))
+        if self.ctx.buildroot is None:
+            self.note(f"WARNING: extra repositories {names} are not used: {self.ctx.builder.name} installs "
+                      "no dependencies (--nodeps), so no pacman.conf is involved")
+            return []
+        try:
+            prepared = chrootrepos.prepare_chroot_repos(
+                self.paths.work, self.ctx.buildroot.buildroot / "root", repos, gnupghome=gnupghome,
+                architecture=getattr(self.ctx.builder, "architecture", ""), user=self.ctx.builder.owner(),
+                build_id=self.build_id)
+        except (OSError, ValueError) as e:
+            raise SetupFailed(f"Cannot add the extra repositories {names}: {e}") from None
+        for line in prepared.notes:
+            self.note(line)
+        return prepared.args
 
     def timeouts(self) -> tuple[int, int]:
         """Return the build timeout and output timeout of this job, in seconds."""
@@ -237,11 +260,13 @@ class Build:
 
     def finish_stopped_before_start(self, start: float) -> dict:
         if self.spool.cancel_requested(self.build_id):
-            state, reason = spool_format.CANCELLED, "Cancelled by request"
-        else:
-            state, reason = (spool_format.FAILED, "The runner stopped during the build "
-                             f"(runner {self.ctx.runner_id} was shut down)")
+            return self.finish_before_start(start, spool_format.CANCELLED, "Cancelled by request")
+        return self.finish_before_start(start, spool_format.FAILED, "The runner stopped during the build "
+                                        f"(runner {self.ctx.runner_id} was shut down)")
+
+    def finish_before_start(self, start: float, state: str, reason: str) -> dict:
         self.note(reason)
+        log.info("build %s %s before the build command started: %s", self.build_id, state, reason)
         end = time.time()
         return self.spool.finish(self.claim, state, reason=reason, end_time=end, duration=round(end - start, 3))
 

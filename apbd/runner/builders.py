@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,7 +73,8 @@ class Builder:
         """Return the lines that open every build.log, saying how the build runs."""
         return [f"builder: {self.name}"]
 
-    def command(self, paths_: WorkPaths) -> Command:
+    def command(self, paths_: WorkPaths, chroot_args: Sequence[str] = ()) -> Command:
+        """Return the build command; chroot_args are extra makechrootpkg options (bind mounts)."""
         raise NotImplementedError
 
     def owner(self) -> sandbox.BuildUser | None:
@@ -96,13 +98,13 @@ class MakechrootpkgBuilder(Builder):
         return [f"builder: makechrootpkg (clean chroot from buildroot {self.buildroot}, "
                 f"architecture {self.architecture})"]
 
-    def command(self, paths_: WorkPaths) -> Command:
+    def command(self, paths_: WorkPaths, chroot_args: Sequence[str] = ()) -> Command:
         keep = ",".join([*_DEST_VARS, BUILD_ID_ENV, "GNUPGHOME"])
         argv = ["sudo", f"--preserve-env={keep}"]
         # Under ppc32, uname reports a 32-bit machine, so the chroot detects its 32-bit PowerPC userland.
         if hostinfo.needs_ppc32(self.architecture):
             argv.append("ppc32")
-        argv += [MAKECHROOTPKG, "-cuT", "-r", self.buildroot]
+        argv += [MAKECHROOTPKG, "-cuT", "-r", self.buildroot, *chroot_args]
         # As root there is no SUDO_USER to build as, so name the unprivileged user.
         if os.geteuid() == 0 and self.build_user:
             argv += ["-U", self.build_user]
@@ -146,7 +148,7 @@ class MakepkgBuilder(Builder):
     def owner(self) -> sandbox.BuildUser:
         return self.user
 
-    def command(self, paths_: WorkPaths) -> Command:
+    def command(self, paths_: WorkPaths, chroot_args: Sequence[str] = ()) -> Command:
         inner = [MAKEPKG, "--config", str(self.config), *MAKEPKG_FLAGS]
         env = sandbox.build_env(paths_.home, paths_.dest_env(), self.locale_dir)
         if self.use_bwrap:
@@ -163,7 +165,7 @@ class TrivialTestBuilder(Builder):
     name = TEST_TRIVIAL
     note = "test-only builder: builds nothing"
 
-    def command(self, paths_: WorkPaths) -> Command:
+    def command(self, paths_: WorkPaths, chroot_args: Sequence[str] = ()) -> Command:
         script = ('echo "trivial build of $APBD_BUILD_ID"; '
                   ': > "$PKGDEST/trivial-1-1-any.pkg.tar.zst"')
         env = {"PATH": sandbox.BUILD_PATH, **paths_.dest_env()}
