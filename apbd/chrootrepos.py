@@ -8,12 +8,12 @@ per extra repository appended) and binds it over /etc/pacman.conf of the
 chroot copy. The buildroot's pacman.conf and keyring, and the host's, stay
 as they are.
 
-A repository with a gpg_key_id needs its key trusted by pacman. The build
-gets a keyring of its own in work/pacman-keyring: the public keys and trust
-database of the buildroot's keyring (so the official repositories verify as
-before), a local key made for this build only, and the repository key,
-locally signed by that local key. The build's pacman.conf points GPGDir at
-that keyring, bound at KEYRING_MOUNT. The key itself comes from the build's
+A repository with a gpg_key_id needs its key trusted by pacman, so the build
+gets a keyring of its own in work/pacman-keyring. It contains the public keys
+and trust database of the buildroot's keyring, so the official repositories
+verify as before. It also contains a local key made for this build only and
+the repository key, locally signed by that local key. The build's pacman.conf
+points GPGDir at that keyring, bound at KEYRING_MOUNT. The key itself comes from the build's
 GnuPG home (apbd.gpgkeys): shipped in keys/pgp/ or fetched from a keyserver.
 
 A file:// repository is a folder on the host; it is bound read-only at the
@@ -25,6 +25,8 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -42,16 +44,17 @@ KEYRING_MOUNT = "/apbd/pacman-keyring"
 DEFAULT_GPGDIR = "/etc/pacman.d/gnupg/"
 # The files of a pacman keyring that hold public keys and trust, never secrets.
 PUBLIC_KEYRING_FILES = ("pubring.gpg", "pubring.kbx", "trustdb.gpg", "gpg.conf")
-# pacman-key writes these options; a keyring read by root but owned by the runner needs them.
+# The gpg.conf options pacman-key writes, used when the buildroot's keyring has no gpg.conf.
 KEYRING_GPG_CONF = "no-permission-warning\nlock-never\n"
 KEY_TIMEOUT_S = 60
+SHORT_HOME_PARENT = "/tmp"
 
 _OPTION_RE = re.compile(r"^\s*(\w+)\s*=\s*(.*?)\s*$")
 
 
 @dataclass
 class ChrootRepos:
-    """What one build needs for its extra repositories: makechrootpkg arguments and log lines."""
+    """The makechrootpkg arguments and build log lines for one build's extra repositories."""
 
     args: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -128,6 +131,23 @@ def copy_public_keyring(source: Path, dest: Path) -> list[str]:
     return copied
 
 
+@contextmanager
+def short_home(home: Path):
+    """Yield a short path to the GnuPG home: a symlink in a fresh folder under /tmp.
+
+    gpg-agent puts its sockets in the home, and a Unix socket path must fit
+    in 107 bytes. A keyring deep in the spool can be longer than that.
+    """
+    alias_dir = Path(tempfile.mkdtemp(prefix="apbd-gpg-", dir=SHORT_HOME_PARENT))
+    try:
+        alias_dir.chmod(0o755)
+        alias = alias_dir / "home"
+        alias.symlink_to(home)
+        yield alias
+    finally:
+        shutil.rmtree(alias_dir, ignore_errors=True)
+
+
 def make_local_key(keyring: Path, build_id: str, user: BuildUser | None) -> str | None:
     """Create this build's local signing key in keyring; return None on success, else gpg's message."""
     uid = f"apbd build {build_id} <apbd-build@localhost>"
@@ -164,7 +184,9 @@ def export_key(gnupghome: Path, fingerprint: str, dest: Path, user: BuildUser | 
 class _Preparation:
     """The steps of prepare_chroot_repos for one build."""
 
-    def __init__(self, work: Path, chroot_root: Path, gnupghome: Path, user: BuildUser | None, build_id: str):
+    def __init__(self, work: Path, chroot_root: Path, gnupghome: Path, user: BuildUser | None, build_id: str,
+                 keyserver: str | None):
+        self.keyserver = keyserver
         self.work = work
         self.chroot_root = chroot_root
         self.gnupghome = gnupghome
@@ -199,20 +221,21 @@ class _Preparation:
         if self.user is not None:
             self.user.chown_tree(exports)
         self.fetch_missing([repo["gpg_key_id"] for repo in keyed])
-        try:
-            failure = make_local_key(keyring, self.build_id, self.user)
-            if failure:
-                self.note(f"WARNING: cannot create this build's local pacman key: {failure}")
-                return False
-            for repo in keyed:
-                self.trust(keyring, exports, repo)
-        finally:
-            gpgkeys.stop_gpg_daemons(keyring, self.user)
+        with short_home(keyring) as home:
+            try:
+                failure = make_local_key(home, self.build_id, self.user)
+                if failure:
+                    self.note(f"WARNING: cannot create this build's local pacman key: {failure}")
+                    return False
+                for repo in keyed:
+                    self.trust(home, exports, repo)
+            finally:
+                gpgkeys.stop_gpg_daemons(home, self.user)
         return True
 
     def fetch_missing(self, fingerprints: list[str]) -> None:
         try:
-            _, _, warnings = gpgkeys.fetch_missing_keys(self.gnupghome, fingerprints, self.user)
+            _, _, warnings = gpgkeys.fetch_missing_keys(self.gnupghome, fingerprints, self.user, self.keyserver)
         finally:
             gpgkeys.stop_gpg_daemons(self.gnupghome, self.user)
         for warning in warnings:
@@ -233,18 +256,19 @@ class _Preparation:
 
 
 def prepare_chroot_repos(work: Path, chroot_root: Path, extra_repos: list, *, gnupghome: Path,
-                         architecture: str, user: BuildUser | None = None, build_id: str = "-") -> ChrootRepos:
+                         architecture: str, user: BuildUser | None = None, build_id: str = "-",
+                         keyserver: str | None = None) -> ChrootRepos:
     """Write the build's pacman.conf (and keyring) into work; return the makechrootpkg arguments.
 
     chroot_root is BUILDROOT/root, whose pacman.conf and keyring are read but
     never written. Without extra repositories nothing is written and no
     argument is returned. A repository whose key cannot be trusted is still
     added, with a warning: pacman then refuses its packages, which is the
-    safe outcome. Raises ValueError when the entries are invalid or a name
+    safe outcome. keyserver None uses gpg's default. Raises ValueError when the entries are invalid or a name
     is already a repository of the buildroot.
     """
     repos = repo_format.validate_extra_repos(extra_repos)
-    prep = _Preparation(Path(work), Path(chroot_root), Path(gnupghome), user, build_id)
+    prep = _Preparation(Path(work), Path(chroot_root), Path(gnupghome), user, build_id, keyserver)
     if not repos:
         return prep.result
     try:
@@ -277,4 +301,5 @@ def prepare_chroot_repos(work: Path, chroot_root: Path, extra_repos: list, *, gn
     prep.note(f"extra repositories {names} are added to this build's own pacman.conf, after the "
               "buildroot's repositories")
     log.info("build %s: extra repositories %s", build_id, names)
+    prep.result.args = args
     return prep.result

@@ -136,8 +136,8 @@ def render_pacman_conf(host_conf_text: str, repos: list[dict]) -> str:
     the host's packages and an extra repository cannot replace one of them.
     A repository with a gpg_key_id requires signed packages. One without is
     used with `SigLevel = Optional TrustAll`, as unsigned repositories are.
-    TODO: no builder uses this file yet, and nothing adds gpg_key_id to a
-    build chroot's keyring; makechrootpkg builds ignore extra_repos today.
+    apbd.chrootrepos writes the result into a build's work folder and binds
+    it into the chroot copy, with the keyring that trusts gpg_key_id.
     Raises ValueError when a name is already a section of the host's file.
     """
     # The values were checked by validate_extra_repos; check again here, so

@@ -43,13 +43,13 @@ def make_spool(tmp_path: Path) -> Spool:
 
 
 def publish(spool: Spool, pkgbuild: str, files: dict[str, str] | None = None,
-            build_timeout: int | None = None) -> str:
+            build_timeout: int | None = None, extra_repos: list[dict] | None = None) -> str:
     """Publish a job through apbd.intake.create_job (real makepkg metadata); return its id."""
     build_id = spool_format.new_build_id()
     staging = spool.make_staging_dir(build_id)
     write_tree(staging / spool_format.SOURCES_DIR, {"PKGBUILD": pkgbuild, **(files or {})})
     intake.create_job(spool, staging, build_id=build_id, source="tarball", build_timeout=build_timeout,
-                      extra_repos=[], sha256=build_id, remote_addr="127.0.0.1", build_user=BUILD_USER)
+                      extra_repos=extra_repos or [], sha256=build_id, remote_addr="127.0.0.1", build_user=BUILD_USER)
     return build_id
 
 
