@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,9 @@ def test_makechrootpkg_argv(build_tmp, architecture, prefix):
     assert call["cwd"] == str(work / "build")
     assert call["env"]["PKGDEST"] == str(work / "pkgdest")
     assert call["env"]["APBD_BUILD_ID"] == build_id
+    build_uid = pwd.getpwnam("apbd-build").pw_uid
+    assert call["owners"]["cwd"] == build_uid
+    assert call["owners"]["gnupghome"] == build_uid
 
     assert status["status"] == "completed"
     assert status["builder"] == "makechrootpkg"

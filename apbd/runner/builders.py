@@ -92,6 +92,9 @@ class MakechrootpkgBuilder(Builder):
         self.buildroot = buildroot
         self.architecture = architecture
         self.build_user = build_user
+        # makechrootpkg downloads and checks the sources as the -U user, in the work folder and
+        # with the build's GNUPGHOME, so as root that user must own them. Unprivileged, it is this user.
+        self.user = sandbox.resolve_build_user(build_user) if os.geteuid() == 0 else None
         self.note = f"building with makechrootpkg in a clean chroot of {buildroot}"
 
     def header(self) -> list[str]:
@@ -114,6 +117,9 @@ class MakechrootpkgBuilder(Builder):
         # signals only sudo's process tree; whether the container always ends with it has not
         # been checked on an Arch host (a check with `machinectl list` would confirm it).
         return Command(argv, paths_.startdir, env)
+
+    def owner(self) -> sandbox.BuildUser | None:
+        return self.user
 
 
 class MakepkgBuilder(Builder):
