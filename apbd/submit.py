@@ -13,6 +13,7 @@ import fnmatch
 import io
 import json
 import os
+import stat
 import sys
 import tarfile
 import tempfile
@@ -20,6 +21,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
 
@@ -36,6 +38,9 @@ EXIT_TIMED_OUT = 4
 SKIPPED_DIRS = {"src", "pkg", ".git", ".svn", ".hg", "__pycache__"}
 SKIPPED_FILES = ["*.pkg.tar", "*.pkg.tar.*", "*.src.tar.*", "*-build.log", "*-package.log",
                  "*-prepare.log", "*-check.log", "*-pkgver.log", ".SRCINFO~"]
+
+SERVER_URL_SCHEMES = ("http", "https")
+SERVER_URL_EXAMPLE = "http://127.0.0.1:8080"
 
 # Seconds: connecting, reading a normal response, and reading a stream (the server
 # sends a heartbeat every 30 s, so silence beyond this means the stream broke).
@@ -80,27 +85,61 @@ def is_skipped(relative: Path) -> bool:
     return any(fnmatch.fnmatch(relative.name, pattern) for pattern in SKIPPED_FILES)
 
 
+def check_folder(folder: Path) -> None:
+    """Raise a usage error unless folder is a folder that contains a PKGBUILD."""
+    if not folder.exists():
+        raise SubmitError(f"the folder {folder} does not exist: give the folder that contains the PKGBUILD",
+                          EXIT_USAGE)
+    if not folder.is_dir():
+        hint = f"give its folder, {folder.parent}" if folder.name == "PKGBUILD" else \
+            "give the folder that contains the PKGBUILD"
+        raise SubmitError(f"{folder} is a file, not a folder: {hint}", EXIT_USAGE)
+    if not (folder / "PKGBUILD").is_file():
+        raise SubmitError(f"{folder} contains no PKGBUILD: give the folder that contains the PKGBUILD",
+                          EXIT_USAGE)
+
+
 def pack_folder(folder: Path, tarball: Path) -> list[str]:
     """Write folder's PKGBUILD and sources to tarball (gzip), at the archive's root.
 
     Return the member names. Skip makepkg's src/ and pkg/ folders, built
     packages and makepkg's logs, which the server does not need.
     """
-    if not (folder / "PKGBUILD").is_file():
-        raise SubmitError(f"{folder} contains no PKGBUILD: give the folder that holds the PKGBUILD",
-                          EXIT_USAGE)
+    check_folder(folder)
     members = []
     with tarfile.open(tarball, "w:gz") as archive:
-        for root, dirs, files in os.walk(folder):
+        for root, dirs, files in os.walk(folder, onerror=raise_unreadable):
             root_path = Path(root)
             dirs[:] = sorted(d for d in dirs if d not in SKIPPED_DIRS)
             for name in sorted(files):
                 relative = (root_path / name).relative_to(folder)
                 if is_skipped(relative):
                     continue
-                archive.add(root_path / name, arcname=str(relative), recursive=False)
+                try:
+                    check_file_type(root_path / name)
+                    archive.add(root_path / name, arcname=str(relative), recursive=False)
+                except OSError as e:
+                    raise_unreadable(e)
                 members.append(str(relative))
     return members
+
+
+def check_file_type(path: Path) -> None:
+    """Raise a usage error for a FIFO, socket or device, which the server rejects (or tarfile skips)."""
+    mode = path.lstat().st_mode
+    if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
+        return
+    kind = "device file"
+    if stat.S_ISFIFO(mode):
+        kind = "FIFO"
+    elif stat.S_ISSOCK(mode):
+        kind = "socket"
+    raise SubmitError(f"{path} is a {kind}: the server accepts only regular files, folders and symbolic "
+                      "links, so move it out of the package folder", EXIT_USAGE)
+
+
+def raise_unreadable(error: OSError) -> None:
+    raise SubmitError(f"cannot read {error.filename} to pack it: {error.strerror}", EXIT_USAGE)
 
 
 class MultipartUpload(io.RawIOBase):
@@ -384,12 +423,62 @@ def read_token(path: str | None) -> str | None:
     return token
 
 
+def check_server_url(server: str, source: str = "--server") -> str:
+    """Return server without a trailing slash, or raise a usage error unless it is an http(s) URL.
+
+    Without this check, a value like 127.0.0.1:8080 reaches requests, which
+    fails with a message about connection adapters. source names where the
+    value came from (the option or an environment variable) for the message.
+    """
+    problem = find_url_problem(server.strip())
+    if problem is not None:
+        suggestion = f"http://{server}" if server and "://" not in server else SERVER_URL_EXAMPLE
+        raise SubmitError(f"{source} needs a URL such as {suggestion}, not {server!r} ({problem})", EXIT_USAGE)
+    return server.strip().rstrip("/")
+
+
+def find_url_problem(url: str) -> str | None:
+    """Describe what keeps url from being a server's base URL; None when it is one."""
+    if "://" not in url:
+        return "it has no http:// or https:// in front"
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError for a port that is not a number from 0 to 65535
+    except ValueError as e:
+        return str(e)
+    if parts.scheme.lower() not in SERVER_URL_SCHEMES:
+        return f"the scheme {parts.scheme}:// is not http:// or https://"
+    if not parts.hostname:
+        return "it names no host"
+    if parts.query or parts.fragment:
+        return "a server's base URL has no query or fragment"
+    return None
+
+
+def check_output(output: Path) -> None:
+    """Raise a usage error unless output is a folder or can be created as one."""
+    existing = output
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SubmitError(f"--output {output}: {existing} is a file, not a folder", EXIT_USAGE)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SubmitError(f"--output {output}: the folder {existing} is not writable", EXIT_USAGE)
+
+
 def run_submit(folder: Path, server: str, output: Path, timeout: float | None,
-               build_timeout: int | None, quiet: bool, token_file: str | None = None) -> int:
-    """Submit folder, follow the build, download its files; return the exit code."""
-    server = server.rstrip("/")
-    deadline = time.monotonic() + timeout if timeout else float("inf")
+               build_timeout: int | None, quiet: bool, token_file: str | None = None,
+               server_source: str = "--server") -> int:
+    """Submit folder, follow the build, download its files; return the exit code.
+
+    Every argument is checked before anything is sent, so a usage error
+    (exit code EXIT_USAGE) never leaves a build behind on the server.
+    """
+    server = check_server_url(server, server_source)
+    check_folder(folder)
+    check_output(output)
     token = read_token(token_file)
+    deadline = time.monotonic() + timeout if timeout else float("inf")
 
     with tempfile.TemporaryDirectory(prefix="apbd-submit-") as scratch:
         tarball = Path(scratch) / "build.tar.gz"

@@ -123,14 +123,16 @@ def test_help_lists_defaults_and_env(tmp_path):
         assert text in submit_help.stdout, text
 
 
-def wait_until(predicate, timeout: float, description: str):
+def wait_until(predicate, timeout: float, description):
+    """Return predicate's first true value; raise TimeoutError with description (a str, or a callable
+    read at the timeout, such as a log reader) after timeout seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(0.1)
-    raise TimeoutError(description)
+    raise TimeoutError(description() if callable(description) else description)
 
 
 def test_serve_builds_and_stops_both(tmp_path):
@@ -150,9 +152,9 @@ def test_serve_builds_and_stops_both(tmp_path):
             except requests.ConnectionError:
                 return False
 
-        wait_until(web_ready, 30, f"apbd serve did not answer; log:\n{log_path.read_text()}")
+        wait_until(web_ready, 30, lambda: f"apbd serve did not answer; log:\n{log_path.read_text()}")
         wait_until(lambda: list((spool_dir / "runners").glob("*.json")), 30,
-                   f"no runner state file; log:\n{log_path.read_text()}")
+                   lambda: f"no runner state file; log:\n{log_path.read_text()}")
         children = psutil.Process(serve.pid).children()
         assert len(children) == 2
 
@@ -176,24 +178,79 @@ def test_serve_builds_and_stops_both(tmp_path):
             serve.wait()
 
 
-def test_serve_stops_when_a_child_dies(tmp_path):
+def start_serve(tmp_path, *options: str) -> tuple[subprocess.Popen, int, object]:
+    """Start `apbd serve` on a free loopback port with a tmp spool; return it, its port and its log path."""
     make_reachable(tmp_path)
     port = free_port()
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log_file:
         serve = subprocess.Popen([sys.executable, "-m", "apbd.cli", "serve", "--host", "127.0.0.1",
-                                  "--port", str(port), "--builds-dir", str(tmp_path / "spool")],
+                                  "--port", str(port), "--builds-dir", str(tmp_path / "spool"), *options],
                                  stdout=log_file, stderr=subprocess.STDOUT, env=child_env(), cwd=str(REPO_ROOT),
                                  start_new_session=True)
+    return serve, port, log_path
+
+
+def child_running(serve: subprocess.Popen, module: str, old_pid: int | None = None):
+    """Return serve's running child process of module (other than old_pid), or None."""
     try:
-        children = wait_until(lambda: len(psutil.Process(serve.pid).children()) == 2
-                              and psutil.Process(serve.pid).children(), 30, "children did not start")
-        web = next(c for c in children if "apbd.web" in " ".join(c.cmdline()))
+        children = psutil.Process(serve.pid).children()
+        for child in children:
+            if module in " ".join(child.cmdline()) and child.pid != old_pid and child.status() != psutil.STATUS_ZOMBIE:
+                return child
+    except psutil.NoSuchProcess:
+        return None
+    return None
+
+
+def test_serve_restarts_a_dead_child(tmp_path):
+    serve, port, log_path = start_serve(tmp_path)
+    try:
+        def web_answers():
+            try:
+                return requests.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200
+            except requests.ConnectionError:
+                return False
+
+        # apbd serve treats a death before its own first connection as a failed start: wait for that.
+        wait_until(lambda: "apbd is serving" in log_path.read_text(), 30,
+                   lambda: f"apbd serve did not start; log:\n{log_path.read_text()}")
+        assert web_answers()
+        web = child_running(serve, "apbd.web")
+        runner = wait_until(lambda: child_running(serve, "apbd.runner"), 30, "no runner child")
+
         web.kill()
-        assert serve.wait(timeout=60) != 0
-        gone, alive = psutil.wait_procs(children, timeout=5)
-        assert alive == []
-        assert "exited with status" in log_path.read_text()
+        new_web = wait_until(lambda: child_running(serve, "apbd.web", web.pid), 30,
+                             lambda: f"apbd-web was not restarted; log:\n{log_path.read_text()}")
+        wait_until(web_answers, 30, lambda: f"the restarted apbd-web did not answer; log:\n{log_path.read_text()}")
+        assert serve.poll() is None
+        assert f"apbd-web (pid {web.pid}) was killed by SIGKILL: restarting it in 1 s" in log_path.read_text()
+
+        runner.kill()
+        new_runner = wait_until(lambda: child_running(serve, "apbd.runner", runner.pid), 30,
+                                lambda: f"apbd-runner was not restarted; log:\n{log_path.read_text()}")
+        assert f"apbd-runner (pid {runner.pid}) was killed by SIGKILL: restarting it" in log_path.read_text()
+        assert new_web.is_running()
+
+        serve.send_signal(signal.SIGINT)
+        assert serve.wait(timeout=60) == 0, log_path.read_text()
+        gone, alive = psutil.wait_procs([new_web, new_runner], timeout=5)
+        assert alive == [], f"children still running after apbd serve stopped: {alive}"
+    finally:
+        if serve.poll() is None:
+            os.killpg(serve.pid, signal.SIGKILL)
+            serve.wait()
+
+
+def test_serve_stops_when_a_child_fails_to_start(tmp_path):
+    # apbd-web cannot start without its token file: restarting would fail the same way.
+    serve, port, log_path = start_serve(tmp_path, "--token-file", str(tmp_path / "missing-token"))
+    try:
+        assert serve.wait(timeout=60) != 0, log_path.read_text()
+        text = log_path.read_text()
+        assert "apbd-web" in text
+        assert "while apbd serve started: stopping" in text
+        assert "restarting" not in text
     finally:
         if serve.poll() is None:
             os.killpg(serve.pid, signal.SIGKILL)
