@@ -94,8 +94,101 @@ def test_confirm_cancel_page(web_server, spool):
     build_id = make_job(spool, spool_format.BUILDING)
     body = get_html(web_server, f"/build/{build_id}/confirm-cancel").text
     assert 'id="cancel-form"' in body
-    assert f'action="/build/{build_id}/cancel"' in body
-    assert 'src="/static/cancel.js"' in body
+    # A plain form to a page route: it works without JavaScript and never ends on the API's JSON.
+    assert f'method="post" action="/build/{build_id}/confirm-cancel"' in body
+    assert "<script" not in body
+
+
+def post_cancel_form(server, build_id: str, session: requests.Session | None = None) -> requests.Response:
+    """Submit the confirm-cancel form as a browser does, without following the redirect."""
+    client = session or requests.Session()
+    return client.post(f"{server.url}/build/{build_id}/confirm-cancel", headers=HTML, timeout=10,
+                       allow_redirects=False)
+
+
+def test_cancel_form_queued_build(web_server, spool):
+    build_id = make_job(spool, spool_format.QUEUED)
+    browser = requests.Session()
+    response = post_cancel_form(web_server, build_id, browser)
+    assert response.status_code == 303
+    assert response.headers["Location"].endswith(f"/build/{build_id}")
+    assert spool.read_status(build_id)["status"] == spool_format.CANCELLED
+
+    page = browser.get(web_server.url + response.headers["Location"], headers=HTML, timeout=10)
+    assert page.status_code == 200
+    assert page.headers["Content-Type"].startswith("text/html")
+    assert pages.BUILD_NOTICES[pages.NOTICE_CANCELLED] in page.text
+    assert "status-cancelled" in page.text
+    # The notice shows once: a reload no longer has it.
+    again = browser.get(f"{web_server.url}/build/{build_id}", headers=HTML, timeout=10)
+    assert pages.BUILD_NOTICES[pages.NOTICE_CANCELLED] not in again.text
+
+
+def test_cancel_form_running_build(web_server, spool):
+    build_id = make_job(spool, spool_format.BUILDING)
+    browser = requests.Session()
+    response = post_cancel_form(web_server, build_id, browser)
+    assert response.status_code == 303
+    assert response.headers["Location"].endswith(f"/build/{build_id}")
+    # The same cancel request the JSON API leaves for the runner.
+    assert (spool.job_dir(build_id) / spool_format.CANCEL_MARKER).exists()
+
+    page = browser.get(web_server.url + response.headers["Location"], headers=HTML, timeout=10)
+    assert pages.BUILD_NOTICES[pages.NOTICE_CANCEL_REQUESTED] in page.text
+
+
+def test_cancel_form_finished_build(web_server, spool):
+    build_id = make_job(spool, spool_format.COMPLETED)
+    browser = requests.Session()
+    response = post_cancel_form(web_server, build_id, browser)
+    assert response.status_code == 303
+    assert spool.read_status(build_id)["status"] == spool_format.COMPLETED
+
+    page = browser.get(web_server.url + response.headers["Location"], headers=HTML, timeout=10)
+    assert pages.BUILD_NOTICES[pages.NOTICE_NOT_CANCELLED] in page.text
+
+
+def test_cancel_form_unknown_build_json(web_server):
+    for bad in (spool_format.new_build_id(), "not-a-uuid"):
+        response = post_cancel_form(web_server, bad)
+        assert response.status_code == 404, bad
+        assert response.json()["error"] == "Build not found"
+
+
+def test_cancel_api_stays_json(web_server, spool):
+    build_id = make_job(spool, spool_format.QUEUED)
+    response = requests.post(f"{web_server.url}/build/{build_id}/cancel", headers=HTML, timeout=10,
+                             allow_redirects=False)
+    assert response.status_code == 200
+    assert response.json() == {"success": True, "message": "Build cancelled successfully"}
+
+
+def test_notice_cookie_shows_only_known_text(web_server, spool):
+    build_id = make_job(spool, spool_format.BUILDING)
+    cookies = {pages.NOTICE_COOKIE: "<script>alert(1)</script>"}
+    body = requests.get(f"{web_server.url}/build/{build_id}", headers=HTML, cookies=cookies, timeout=10).text
+    assert 'id="notice"' not in body
+    assert "alert(1)" not in body
+
+
+def test_build_page_arch_matches_status_api(web_server, spool):
+    architecture = requests.get(web_server.url + "/", timeout=10).json()["supported_architecture"]
+    build_id = make_job(spool, spool_format.BUILDING)
+    set_status(spool, build_id, spool_format.BUILDING, arch=[architecture, "pentium4"])
+    api_arch = requests.get(f"{web_server.url}/build/{build_id}/status-api", timeout=10).json()["arch"]
+    assert api_arch == [architecture]
+
+    body = get_html(web_server, f"/build/{build_id}").text
+    expected = f'<dd id="arch">{architecture} <span class="muted">(PKGBUILD: {architecture}, pentium4)</span></dd>'
+    assert expected in body
+
+
+def test_build_page_arch_any(web_server, spool):
+    build_id = make_job(spool, spool_format.COMPLETED)
+    set_status(spool, build_id, spool_format.COMPLETED, arch=["any"])
+    body = get_html(web_server, f"/build/{build_id}").text
+    assert '<dd id="arch">any</dd>' in body
+    assert "PKGBUILD:" not in body
 
 
 def test_confirm_cancel_finished_build(web_server, spool):

@@ -222,10 +222,21 @@ def _paths() -> dict:
              "401": _error("missing or wrong bearer token (--token-file)"),
              "403": _error("address not allowed by --allow-from")},
             [BUILD_ID])},
-        "/build/{build_id}/confirm-cancel": {"get": _operation(
-            "Page asking to confirm a cancel",
-            {"200": _html("the confirmation page"), "400": BAD_REQUEST, "404": NOT_FOUND},
-            [BUILD_ID])},
+        "/build/{build_id}/confirm-cancel": {
+            "get": _operation(
+                "Page asking to confirm a cancel",
+                {"200": _html("the confirmation page"), "400": BAD_REQUEST, "404": NOT_FOUND},
+                [BUILD_ID]),
+            "post": _operation(
+                "Cancel from the confirmation page's HTML form, as POST /build/{build_id}/cancel does",
+                {"303": {"description": "back to the build page, which shows whether the build was cancelled",
+                         "headers": {"Location": {"schema": {"type": "string"}}}},
+                 "400": BAD_REQUEST, "404": NOT_FOUND,
+                 "503": _error("the spool's disk is full, so the cancel request cannot be stored"),
+                 "401": _error("missing or wrong bearer token (--token-file)"),
+                 "403": _error("address not allowed by --allow-from")},
+                [BUILD_ID]),
+        },
         "/builds/latest": {"get": _operation(
             "Latest builds, newest first",
             {"200": _json("the builds", {"type": "object", "required": ["builds", "total"]}), "400": BAD_REQUEST},

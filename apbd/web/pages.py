@@ -4,6 +4,11 @@ GET / and GET /build/<id> belong to the JSON API; when a browser requests
 HTML, those routes call render_index and render_build with the very dict
 they would send as JSON. The other pages are routes of this module.
 
+The confirm-cancel page posts a plain HTML form to POST /build/<id>/confirm-cancel,
+so cancelling works without JavaScript. That route cancels through the API's
+own cancel_build and responds with 303 See Other to the build page, which then
+shows a one-time notice about the outcome.
+
 Templates live in www/templates with autoescaping on, so text from a build
 (package names, log lines, file contents) is always escaped. Pages load
 scripts only from /static and send a Content-Security-Policy that forbids
@@ -28,7 +33,7 @@ import psutil
 
 from apbd import cleanup, limits, paths, spool as spool_format
 from apbd.errors import ApiError, not_found
-from apbd.web import chart, files, history
+from apbd.web import api, chart, files, history
 from apbd.web.logfile import read_lines
 
 log = logging.getLogger(__name__)
@@ -44,6 +49,19 @@ VIEW_PAGE_LINES = 5000
 SNIFF_BYTES = 8192
 # A runner whose heartbeat is older than this many intervals counts as dead.
 RUNNER_STALE_INTERVALS = 3
+
+# The build page shows a notice once after the cancel form. The cookie carries only
+# a key of BUILD_NOTICES, so no text from a request ever reaches the page.
+NOTICE_COOKIE = "apbd_notice"
+NOTICE_MAX_AGE_S = 60
+NOTICE_CANCELLED = "cancelled"
+NOTICE_CANCEL_REQUESTED = "cancel-requested"
+NOTICE_NOT_CANCELLED = "not-cancelled"
+BUILD_NOTICES = {
+    NOTICE_CANCELLED: "The build was cancelled.",
+    NOTICE_CANCEL_REQUESTED: "Cancel requested: the runner stops the build within seconds.",
+    NOTICE_NOT_CANCELLED: "The build had already finished, so it was not cancelled.",
+}
 
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-_]")
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
@@ -184,10 +202,34 @@ def render_index(ctx, info: dict) -> str:
 
 
 def render_build(ctx, build_id: str, info: dict) -> str:
-    """Render the build page from the dict GET /build/<id> returns as JSON."""
+    """Render the build page from the dict GET /build/<id> returns as JSON.
+
+    The Arch row shows info's arch, the one status-api reports, and adds the
+    PKGBUILD's whole arch array from status.json when that differs.
+    """
     status = ctx.spool.read_status(build_id) or {}
     return render(ctx, "build.html", build_id=build_id, info=info, status=status,
-                  active=info.get("status") in ACTIVE_STATES)
+                  active=info.get("status") in ACTIVE_STATES, pkgbuild_arch=as_list(status.get("arch")),
+                  notice=take_notice(build_id))
+
+
+def as_list(value) -> list:
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+def take_notice(build_id: str) -> str | None:
+    """Return the text of the notice cookie the cancel form set for this build, and delete the cookie."""
+    key = bottle.request.get_cookie(NOTICE_COOKIE)
+    if key is None:
+        return None
+    bottle.response.delete_cookie(NOTICE_COOKIE, path=build_path(build_id))
+    return BUILD_NOTICES.get(key)
+
+
+def build_path(build_id: str) -> str:
+    return f"/build/{build_id}"
 
 
 # The pages this module serves itself
@@ -234,6 +276,29 @@ def confirm_cancel(ctx, build_id: str):
                                 active=status.get("status") in ACTIVE_STATES))
 
 
+def cancel_from_form(ctx, build_id: str):
+    """Cancel the build with the API's cancel_build, then redirect (303) to the build page with a notice.
+
+    A build that already finished is not an error here: the browser goes back
+    to the build page, which shows a notice about it. Other errors stay JSON,
+    as on every page.
+    """
+    try:
+        api.cancel_build(ctx, build_id)
+    except ApiError as e:
+        if e.status != 409:
+            return error_response(e)
+        log.info("build %s: not cancelled from the web form: %s", build_id, e.detail)
+        notice = NOTICE_NOT_CANCELLED
+    else:
+        status = ctx.spool.read_status(build_id) or {}
+        notice = NOTICE_CANCELLED if status.get("status") == spool_format.CANCELLED else NOTICE_CANCEL_REQUESTED
+    response = bottle.HTTPResponse(status=303, headers={"Location": build_path(build_id)})
+    response.set_cookie(NOTICE_COOKIE, notice, path=build_path(build_id), max_age=NOTICE_MAX_AGE_S,
+                        httponly=True, samesite="strict")
+    return response
+
+
 def cleanup_page(ctx):
     plan = cleanup.plan_cleanup(ctx.spool)
     memory = psutil.virtual_memory()
@@ -266,6 +331,7 @@ def serve_static(filepath: str):
 def install(app: bottle.Bottle, ctx) -> None:
     """Add the HTML pages and /static/<path> to app."""
     app.route("/build/<build_id>/confirm-cancel", "GET", lambda build_id: confirm_cancel(ctx, build_id))
+    app.route("/build/<build_id>/confirm-cancel", "POST", lambda build_id: cancel_from_form(ctx, build_id))
     app.route("/build/<build_id>/view/<filename:path>", "GET",
               lambda build_id, filename: view_file(ctx, build_id, filename))
     app.route("/admin/cleanup", "GET", lambda: cleanup_page(ctx))
