@@ -9,6 +9,7 @@ import requests
 
 from apbd import spool as spool_format
 from apbd.web import chart, pages
+from tests.support.servers import WebServer
 from tests.test_stream import append_log, make_job, set_status
 
 HTML = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
@@ -153,6 +154,26 @@ def test_cancel_form_unknown_build_json(web_server):
         response = post_cancel_form(web_server, bad)
         assert response.status_code == 404, bad
         assert response.json()["error"] == "Build not found"
+
+
+def test_cancel_form_needs_token(spool, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("form-token\n")
+    token_file.chmod(0o600)
+    server = WebServer(spool.root, tmp_path, ["--token-file", str(token_file)])
+    try:
+        build_id = make_job(spool, spool_format.QUEUED)
+        rejected = post_cancel_form(server, build_id)
+        assert rejected.status_code == 401
+        assert spool.read_status(build_id)["status"] == spool_format.QUEUED
+
+        session = requests.Session()
+        session.headers["Authorization"] = "Bearer form-token"
+        accepted = post_cancel_form(server, build_id, session)
+        assert accepted.status_code == 303
+        assert spool.read_status(build_id)["status"] == spool_format.CANCELLED
+    finally:
+        server.stop()
 
 
 def test_cancel_api_stays_json(web_server, spool):
