@@ -85,7 +85,7 @@ RUNNER_OPTIONS = [
     Option("--max-concurrent", "APB_MAX_CONCURRENT", limits.MAX_CONCURRENT_DEFAULT,
            "maximum number of builds running at once", _positive),
     Option("--build-timeout", "APB_BUILD_TIMEOUT", limits.BUILD_TIMEOUT_DEFAULT_S,
-           f"default build timeout in seconds ({limits.BUILD_TIMEOUT_MIN_S}-{limits.BUILD_TIMEOUT_MAX_S})",
+           f"default build timeout in seconds, from {limits.BUILD_TIMEOUT_MIN_S} to {limits.BUILD_TIMEOUT_MAX_S}",
            _build_timeout),
     Option("--builder", "APB_BUILDER", "auto",
            "auto, makechrootpkg or makepkg; auto uses makechrootpkg where devtools is installed"),
