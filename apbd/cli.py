@@ -254,8 +254,8 @@ def run_submit_command(args: argparse.Namespace) -> int:
         print(f"apbd submit: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("apbd submit: interrupted; the build goes on on the server", file=sys.stderr)
-        return 130
+        print("apbd submit: interrupted before anything was sent", file=sys.stderr)
+        return submit.EXIT_INTERRUPTED
 
 
 # Parsing

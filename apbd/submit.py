@@ -33,6 +33,8 @@ EXIT_BUILD_FAILED = 1
 EXIT_USAGE = 2
 EXIT_SERVER_ERROR = 3
 EXIT_TIMED_OUT = 4
+# 128 + SIGINT, as shells report a command ended by Ctrl-C.
+EXIT_INTERRUPTED = 130
 
 # Folders and file patterns that makepkg leaves in a package folder; they are not uploaded.
 SKIPPED_DIRS = {"src", "pkg", ".git", ".svn", ".hg", "__pycache__"}
@@ -60,6 +62,13 @@ class SubmitError(Exception):
     def __init__(self, message: str, exit_code: int = EXIT_SERVER_ERROR):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class Interrupted(SubmitError):
+    """Ctrl-C, with what it left behind on the server."""
+
+    def __init__(self, message: str):
+        super().__init__(message, EXIT_INTERRUPTED)
 
 
 def say(message: str) -> None:
@@ -484,10 +493,23 @@ def run_submit(folder: Path, server: str, output: Path, timeout: float | None,
         tarball = Path(scratch) / "build.tar.gz"
         members = pack_folder(folder, tarball)
         say(f"packed {len(members)} files from {folder}: {', '.join(members)}")
-        build_id = submit_tarball(server, tarball, build_timeout, token)
+        try:
+            build_id = submit_tarball(server, tarball, build_timeout, token)
+        except KeyboardInterrupt:
+            raise Interrupted("interrupted while uploading; the server may or may not have accepted "
+                              f"the build (see {server}/builds/latest)") from None
     print(f"build_id: {build_id}", flush=True)
     say(f"build page: {server}/build/{build_id}")
+    try:
+        return follow_and_download(server, build_id, output, timeout, deadline, quiet)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted; build {build_id} goes on on the server "
+                          f"(cancel it with: curl -X POST {server}/build/{build_id}/cancel)") from None
 
+
+def follow_and_download(server: str, build_id: str, output: Path, timeout: float | None, deadline: float,
+                        quiet: bool) -> int:
+    """Follow the build's output until it ends, then download its files; return the exit code."""
     follower = Follower(server, build_id, quiet=quiet)
     final = follower.follow_stream(deadline)
     if final is None:

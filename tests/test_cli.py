@@ -278,3 +278,30 @@ def test_submit_sends_token(spool, tmp_path):
             runner.stop()
     finally:
         web.stop()
+
+
+def test_submit_interrupted_names_running_build(module_server, tmp_path):
+    """Ctrl-C while following: exit 130, the message names the build, and the build goes on."""
+    submit_process = subprocess.Popen([sys.executable, "-m", "apbd.cli", "submit", str(EXAMPLES_DIR / "slow-counter"),
+                                       "--server", module_server.url, "--output", str(tmp_path / "out")],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      env=child_env({"COLUMNS": "200"}), cwd=str(REPO_ROOT))
+    try:
+        lines = []
+        for line in submit_process.stdout:
+            lines.append(line)
+            if line.startswith("step 1 of"):
+                break
+        build_id = next(line.split()[1] for line in lines if line.startswith("build_id: "))
+        submit_process.send_signal(signal.SIGINT)
+        _, stderr = submit_process.communicate(timeout=30)
+    finally:
+        if submit_process.poll() is None:
+            submit_process.kill()
+            submit_process.wait()
+    assert submit_process.returncode == submit.EXIT_INTERRUPTED
+    assert f"build {build_id} goes on on the server" in stderr
+    assert f"curl -X POST {module_server.url}/build/{build_id}/cancel" in stderr
+    status = requests.get(f"{module_server.url}/build/{build_id}/status-api", timeout=10).json()
+    assert status["status"] == "building"
+    requests.post(f"{module_server.url}/build/{build_id}/cancel", timeout=10).raise_for_status()
