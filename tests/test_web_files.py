@@ -156,14 +156,15 @@ def test_slow_reader_gets_every_byte(spool, web_server):
 def test_downloads_close_their_files(spool, web_server):
     build_id, data = add_big_package(spool, 2 * SEND_CHUNK_BYTES)
     url = f"{web_server.url}/build/{build_id}/download/{PACKAGE}"
-    assert requests.get(url, timeout=30).content == data
     before = open_fd_count(web_server.pid)
+    assert requests.get(url, timeout=30).content == data
     for _ in range(5):
         assert len(requests.get(url, timeout=30).content) == len(data)
+    # The server closes each connection once it reads the client's end, a moment after the last byte.
     deadline = time.monotonic() + 5
     while open_fd_count(web_server.pid) > before and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert open_fd_count(web_server.pid) == before
+    assert open_fd_count(web_server.pid) <= before
 
 
 def test_repeated_large_downloads_keep_rss_flat(spool, web_server):
