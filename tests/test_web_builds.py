@@ -235,7 +235,7 @@ def test_overlong_names_are_404(web, spool):
 
 def test_build_arch_reports_host_architecture():
     """A PKGBUILD that lists several architectures is built for the host's alone."""
-    from apbd.web.api import build_arch
+    from apbd.web.status import build_arch
 
     assert build_arch(["x86_64", "aarch64", "powerpc64le"], "aarch64") == ["aarch64"]
     assert build_arch(["any"], "x86_64") == ["any"]

@@ -16,8 +16,9 @@ import bottle
 
 from apbd import API_VERSION, limits
 from apbd import spool as spool_format
-from apbd.errors import ApiError, not_found
+from apbd.errors import ApiError
 from apbd.web import files, upload
+from apbd.web.status import StatusBodies, read_status, status_api, status_with_artifacts_ready
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +29,6 @@ QUEUE_COUNT_CACHE_S = 1.0
 SLOW_SCAN_S = 0.05
 # A runner whose heartbeat is older than this is treated as gone.
 RUNNER_ALIVE_S = 3 * limits.HEARTBEAT_INTERVAL_S
-# Fields copied into status-api, when status.json has them, besides the file lists.
-STATUS_API_FIELDS = ("build_id", "pkgname", "status", "created_at", "start_time", "end_time", "duration",
-                     "exit_code", "build_timeout", "arch", "pkgbase", "pkgnames", "pkgver", "pkgrel", "epoch",
-                     "version", "output_timeout", "reason", "builder", "clean_chroot")
 TIME_FIELDS = ("created_at", "start_time", "end_time")
 
 
@@ -73,54 +70,7 @@ def prefers_html() -> bool:
     return accept.index("text/html") < accept.index("application/json")
 
 
-# Reading builds
-
-
-def read_status(ctx, build_id: str) -> dict:
-    """Return the status.json of build_id, or raise 404."""
-    if not spool_format.is_build_id(build_id):
-        raise not_found(build_id)
-    try:
-        status = ctx.spool.read_status(build_id)
-    except NotADirectoryError:
-        status = None
-    if status is None:
-        raise not_found(build_id)
-    return status
-
-
-def build_arch(pkgbuild_arch, host_arch: str) -> list[str]:
-    """Return the architectures this build is for, as the list the API reports.
-
-    A PKGBUILD lists every architecture it supports, but a server builds for
-    its own: the APB client files downloads under the first item, so the
-    host's architecture comes alone when the PKGBUILD supports it.
-    """
-    arch = pkgbuild_arch or []
-    if not isinstance(arch, list):
-        arch = [arch]
-    if host_arch in arch:
-        return [host_arch]
-    return arch
-
-
-def status_api(ctx, build_id: str) -> dict:
-    """Build the status-api object: numbers for times, arch as a list, never a null field."""
-    status = read_status(ctx, build_id)
-    result = {k: status[k] for k in STATUS_API_FIELDS if status.get(k) is not None}
-    result["arch"] = build_arch(result.get("arch"), ctx.architecture)
-    result["packages"], result["logs"] = files.list_packages_and_log(ctx.spool, build_id)
-    return result
-
-
-def artifacts_ready(ctx, status: dict) -> bool:
-    """Tell whether a build is finished and its files are in place for downloading."""
-    if status.get("status") not in spool_format.TERMINAL_STATES:
-        return False
-    job = ctx.spool.job_dir(status["build_id"])
-    if (job / spool_format.CLAIMED_MARKER).exists():
-        return False
-    return status["status"] == spool_format.CANCELLED or bool(status["logs"])
+# GET /build/ID
 
 
 def build_details(ctx, build_id: str) -> dict:
@@ -317,6 +267,7 @@ def cancel_build(ctx, build_id: str) -> dict:
 def install(app: bottle.Bottle, ctx) -> None:
     """Add the build routes and GET / to app."""
     counter = QueueCounter()
+    bodies = ctx.status_bodies = StatusBodies(ctx)
 
     @app.get("/")
     def get_index():
@@ -338,15 +289,15 @@ def install(app: bottle.Bottle, ctx) -> None:
             return pages.render_build(ctx, build_id, info)
         return info
 
+    # StatusPolls (see main.py) serves most GETs of these two routes before bottle sees them.
     @app.get("/build/<build_id>/status-api")
     def get_status_api(build_id):
-        return status_api(ctx, build_id)
+        bottle.response.content_type = "application/json"
+        return bodies.get(build_id).body
 
     @app.get("/build/<build_id>/status")
     def get_status(build_id):
-        result = status_api(ctx, build_id)
-        result["artifacts_ready"] = artifacts_ready(ctx, result)
-        return result
+        return status_with_artifacts_ready(ctx, bodies.get(build_id).result)
 
     @app.get("/build/<build_id>/output")
     def get_output(build_id):

@@ -46,10 +46,12 @@ class WebContext:
     architecture: str
     templates: Any = None
     started_at: float = field(default_factory=time.time)
-    # Set by install() of other modules: the resource monitor, spool statistics, the pages module.
+    # Set by install() of other modules: the resource monitor, spool statistics, the pages module,
+    # the cache of status-api bodies (apbd.web.status.StatusBodies).
     monitor: Any = None
     spool_stats: Any = None
     pages: Any = None
+    status_bodies: Any = None
 
 
 def make_templates():

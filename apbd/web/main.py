@@ -15,6 +15,7 @@ from waitress.server import create_server as waitress_create_server
 from apbd import config, limits
 from apbd.spool import Spool
 from apbd.web.app import WebContext, make_app, make_templates
+from apbd.web.status import StatusPolls
 from apbd.web.timeouts import TimeoutMiddleware, install_on_server
 
 log = logging.getLogger("apbd.web")
@@ -104,7 +105,7 @@ def create_server(ctx: WebContext, host: str, port: int):
     app = TimeoutMiddleware(make_app(ctx), submit_timeout=submit_timeout(args),
                             request_timeout=request_timeout(args), workers=2 * args.threads)
     server = waitress_create_server(
-        app, host=host, port=port, threads=args.threads,
+        StatusPolls(app, ctx.status_bodies), host=host, port=port, threads=args.threads,
         # Bodies beyond --max-request-size get 413 from waitress before they are read.
         max_request_body_size=args.max_request_size + FORM_OVERHEAD_BYTES,
         inbuf_overflow=INBUF_OVERFLOW_BYTES,
