@@ -17,6 +17,7 @@ from typing import Any
 
 import bottle
 
+from apbd import spool as spool_format
 from apbd.errors import ApiError
 from apbd.spool import Spool
 from apbd.web.timeouts import DISK_FULL_ERRNOS
@@ -113,6 +114,28 @@ def api_errors_plugin(callback):
     return wrapper
 
 
+def canonical_build_id(value: str) -> str:
+    """Return value in lower case when that makes it a build id, as the spool stores them; else value."""
+    lower = value.lower()
+    return lower if spool_format.is_build_id(lower) else value
+
+
+def build_id_case_plugin(callback):
+    """Wrap a route so its build_id URL argument arrives in lower case, whatever case the client sent.
+
+    Build ids are UUIDs, whose hex digits RFC 4122 (section 3) makes
+    case-insensitive on input, and POST /build stores them in lower case.
+    """
+
+    def wrapper(*args, **kwargs):
+        build_id = kwargs.get("build_id")
+        if build_id is not None:
+            kwargs["build_id"] = canonical_build_id(build_id)
+        return callback(*args, **kwargs)
+
+    return wrapper
+
+
 def bottle_error_handler(error: bottle.HTTPError) -> str:
     """Turn bottle's own errors (unknown path, wrong method, failures outside routes) into JSON."""
     bottle.response.content_type = "application/json"
@@ -151,6 +174,7 @@ def make_app(ctx: WebContext) -> bottle.Bottle:
 
     app = bottle.Bottle(catchall=True)
     app.install(api_errors_plugin)
+    app.install(build_id_case_plugin)
     app.default_error_handler = bottle_error_handler
     api.install(app, ctx)
     install_other_modules(app, ctx)
