@@ -11,7 +11,7 @@ import psutil
 
 from apbd.runner import process as build_process
 from tests.doubles.builduser import build_tmp  # noqa: F401
-from tests.doubles.jobs import make_spool, publish, trivial_pkgbuild, wait_for
+from tests.doubles.jobs import build_log, make_spool, publish, trivial_pkgbuild, wait_for
 from tests.support.servers import Runner
 
 LINE = b"apbd output test line 0123456789 abcdefghijklmnopqrstuvwxyz\n"
@@ -78,6 +78,30 @@ def test_flood_logged_byte_exact(build_tmp):
     digest, after = flood_digest(spool.job_dir(build_id) / "build.log")
     assert digest == expected_digest()
     assert after == END
+
+
+# The build calls ftruncate on its own stdout. On a pipe that call fails with EINVAL. On
+# build.log itself it would erase the lines the runner wrote before the build started.
+TRUNCATE = """build() {
+  echo APBD-BEFORE-TRUNCATE
+  python3 -c 'import os; os.ftruncate(1, 0)' 2>/dev/null || echo APBD-TRUNCATE-FAILED
+}"""
+
+
+def test_build_cannot_truncate_log(build_tmp):
+    spool = make_spool(build_tmp)
+    runner = Runner(spool.root, build_tmp)
+    try:
+        build_id = publish(spool, trivial_pkgbuild("apbd-truncate", TRUNCATE))
+        status = wait_for(spool, build_id)
+    finally:
+        runner.stop()
+
+    text = build_log(spool, build_id)
+    assert status["status"] == "completed", status
+    assert "==> apbd: builder: " in text
+    assert "APBD-BEFORE-TRUNCATE" in text
+    assert "APBD-TRUNCATE-FAILED" in text
 
 
 def pipe_size_after_enlarging() -> tuple[int | None, int]:
