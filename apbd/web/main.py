@@ -117,7 +117,8 @@ def create_server(ctx: WebContext, host: str, port: int):
         # above 1023 and raises, which stops the whole server.
         asyncore_use_poll=True,
         # Read from a connection while its request runs, so a stream client that
-        # went away is seen within a second, not at the next heartbeat.
+        # went away is seen within a second, not at the next heartbeat. Against 0,
+        # it cost no measurable status-api throughput (wrk -c8, 2-core VM).
         channel_request_lookahead=1,
         outbuf_high_watermark=OUTBUF_HIGH_WATERMARK_BYTES,
         recv_bytes=RECV_BYTES,

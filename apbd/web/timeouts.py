@@ -22,10 +22,12 @@ Streams (/build/ID/stream) and file downloads have no timeout: the middleware
 only times the handler, and a download's body is sent after the handler returns.
 
 The status polls (GET /build/ID/status-api and /build/ID/status) run inline in
-the waitress worker, without the pool. Their handlers read one small
-status.json and list packages/, which takes well under a millisecond, while the
-pool's two thread switches cost more CPU than the handler itself. Every other
-request keeps the pool and its 408.
+the waitress worker, without the pool. Most of them never get here:
+apbd.web.status.StatusPolls serves them from its cache in front of this
+middleware. The ones it passes on (HEAD, unknown builds, ids in upper case)
+read at most one small status.json and list packages/, well under a
+millisecond, while the pool's two thread switches cost more CPU than the
+handler itself. Every other request keeps the pool and its 408.
 NOTE: a status poll on a disk that stops answering gets no 408; it holds its
 waitress worker until the disk answers.
 """
