@@ -14,7 +14,8 @@ measured with wrk on a 2-core VM, as in the bench's status-api figure. So a
 poll stats only what can still change in the build's state:
 
 - status.json, always. Every writer replaces it by an atomic rename, so each
-  new version is a new inode, whatever the timestamps show.
+  new version normally has a new inode number, even where the timestamps
+  stay the same.
 - build.log, while the build is queued or building. A runner notes a cancel
   in build.log before it writes the cancelled status, and the build appends
   to it while it runs.
@@ -29,12 +30,14 @@ a running build three. The stat() calls come before any read, so a stored
 body is never older than its key: a change that lands between them makes the
 next poll rebuild the body.
 
-NOTE: a folder's mtime and ctime can have the resolution of the kernel's
-coarse clock, a few milliseconds. Two packages renamed into packages/ within
-one tick, with a poll between them, leave that poll's listing without the
-second one until status.json changes, which the final status does.
+NOTE: mtime and ctime can have the resolution of the kernel's coarse clock,
+a few milliseconds. Within one tick, a poll between two packages renamed into
+packages/ misses the second one until status.json changes, which the final
+status does. And a status.json rewritten twice within one tick, to the same
+size, looks unchanged if the filesystem gives the second version the freed
+inode number of the first.
 
-StatusPolls is the WSGI layer that answers both polls from this cache before
+StatusPolls is the WSGI layer that serves both polls from this cache before
 bottle sees the request. Every other request, and every poll it does not
 handle (an unknown build, HEAD, a build id in upper case), goes on to the
 bottle app, whose routes use the same cache.
