@@ -1,13 +1,12 @@
 """Tests for apbd.web.logfile: line reads by number and following a growing log."""
 
+import logging
 import os
 import threading
 import time
 
-import pytest
-
 from apbd.web import logfile
-from apbd.web.logfile import FileWatcher, LogFollower, read_lines
+from apbd.web.logfile import Poller, SharedLog, read_lines
 
 
 def write(path, data: bytes, mode="ab"):
@@ -118,87 +117,12 @@ def test_large_log_reads_fast(tmp_path):
     assert elapsed < 2.0, f"100 page reads of a 200,000-line log took {elapsed:.2f} s"
 
 
-def test_follower_returns_complete_lines_once(tmp_path):
-    log = tmp_path / "build.log"
-    follower = LogFollower(log)
-    assert follower.read_new() == []
-    write(log, b"a\nb\npart")
-    assert follower.read_new() == [(0, "a"), (1, "b")]
-    assert follower.read_new() == []
-    write(log, b"ial\n")
-    assert follower.read_new() == [(2, "partial")]
-    write(log, b"tail without newline")
-    assert follower.read_new() == []
-    assert follower.read_new(final=True) == [(3, "tail without newline")]
-
-
-def test_follower_starts_at_line(tmp_path):
-    log = tmp_path / "build.log"
-    write(log, b"0\n1\n2\n3\n")
-    assert LogFollower(log, start_line=2).read_new() == [(2, "2"), (3, "3")]
-
-
-def test_follower_follows_writer(tmp_path):
-    log = tmp_path / "build.log"
-    done = threading.Event()
-
-    def writer():
-        for i in range(50):
-            write(log, b"line %d\n" % i)
-            time.sleep(0.005)
-        write(log, b"last, unterminated")
-        done.set()
-
-    thread = threading.Thread(target=writer)
-    thread.start()
-    received = list(LogFollower(log, watcher=FileWatcher(0.02)).follow(stop=done.is_set, timeout=0.1))
-    thread.join()
-    assert [n for n, _ in received] == list(range(51))
-    assert received[-1] == (50, "last, unterminated")
-    assert received[7] == (7, "line 7")
-
-
-def test_watcher_wakes_on_change(tmp_path):
-    log = tmp_path / "build.log"
-    write(log, b"x\n")
-    watcher = FileWatcher(0.02)
-    known = {log: logfile.file_signature(log)}
-    assert watcher.wait(known, 0.1) is False
-    threading.Timer(0.05, write, (log, b"y\n")).start()
-    started = time.monotonic()
-    assert watcher.wait(known, 5.0) is True
-    assert time.monotonic() - started < 1.0
-
-
-def test_watcher_sees_change_before_wait(tmp_path):
-    log = tmp_path / "build.log"
-    known = {log: logfile.file_signature(log)}
-    write(log, b"written before the wait\n")
-    assert FileWatcher(0.02).wait(known, 2.0) is True
-
-
-def test_watcher_many_waiters(tmp_path):
-    log = tmp_path / "build.log"
-    write(log, b"x\n")
-    watcher = FileWatcher(0.02)
-    known = {log: logfile.file_signature(log)}
-    results = []
-    threads = [threading.Thread(target=lambda: results.append(watcher.wait(known, 5.0))) for _ in range(200)]
-    for thread in threads:
-        thread.start()
-    time.sleep(0.1)
-    write(log, b"y\n")
-    for thread in threads:
-        thread.join()
-    assert results == [True] * 200
-
-
 def encode_numbered(number, text):
     return f"{number}:{text}\n".encode()
 
 
 def collect_shared(shared, path, line):
-    """Read every complete line from line on as a follower would: shared bytes, else disk."""
+    """Read every complete line from line on as a stream does: shared bytes, else disk."""
     out = []
     while True:
         held = shared.read(line)
@@ -207,18 +131,12 @@ def collect_shared(shared, path, line):
             out += [f"{n}:{t}\n" for n, t in enumerate(lines, start=line)]
             line += len(lines)
             continue
-        pieces, line, _ = held
-        if not pieces:
-            return "".join(out), line
-        out += [p.decode() for p in pieces]
+        pieces, line = held
+        out += [piece.decode() for piece in pieces]
+        return "".join(out), line
 
 
-@pytest.fixture
-def no_refresh_pause(monkeypatch):
-    monkeypatch.setattr(logfile, "SHARED_REFRESH_S", 0)
-
-
-def test_shared_log_encodes_each_line_once_for_all_followers(tmp_path, no_refresh_pause):
+def test_shared_log_encodes_new_lines_once(tmp_path):
     log = tmp_path / "build.log"
     write(log, b"old 0\nold 1\n")
     calls = []
@@ -227,32 +145,69 @@ def test_shared_log_encodes_each_line_once_for_all_followers(tmp_path, no_refres
         calls.append(number)
         return encode_numbered(number, text)
 
-    shared = logfile.acquire_shared(log, encode)
-    try:
-        assert logfile.acquire_shared(log, encode) is shared
-        logfile.release_shared(shared)
-        # History before the first read comes from disk, not from the shared buffer.
-        assert shared.read(0) is None
-        write(log, b"new 2\nnew 3\npart")
-        first, end = collect_shared(shared, log, 0)
-        second, end2 = collect_shared(shared, log, 3)
-        assert first == "0:old 0\n1:old 1\n2:new 2\n3:new 3\n"
-        assert second == "3:new 3\n"
-        assert end == end2 == 4
-        assert calls == [2, 3]
-    finally:
-        logfile.release_shared(shared)
-    assert logfile.acquire_shared(log, encode) is not shared
+    shared = SharedLog(log, encode)
+    assert shared.refresh() is False
+    # History before the first refresh comes from disk, not from the shared buffer.
+    assert shared.read(0) is None
+    assert shared.read(2) == ([], 2)
+    write(log, b"new 2\nnew 3\npart")
+    assert shared.refresh() is True
+    assert shared.refresh() is False
+    first, end = collect_shared(shared, log, 0)
+    second, end2 = collect_shared(shared, log, 3)
+    assert first == "0:old 0\n1:old 1\n2:new 2\n3:new 3\n"
+    assert second == "3:new 3\n"
+    assert end == end2 == 4
+    assert calls == [2, 3]
 
 
-def test_shared_log_bounded_buffer_falls_back_to_disk(tmp_path, monkeypatch, no_refresh_pause):
+def test_shared_log_same_bytes_for_every_reader(tmp_path):
+    log = tmp_path / "build.log"
+    write(log, b"")
+    shared = SharedLog(log, encode_numbered)
+    shared.refresh()
+    write(log, b"a\nb\n")
+    shared.refresh()
+    # Readers at the start of a batch get the batch's own bytes object, not a copy.
+    assert shared.read(0)[0][0] is shared.read(0)[0][0]
+    assert shared.read(1) == ([b"1:b\n"], 2)
+
+
+def test_shared_log_partial_line_waits(tmp_path):
+    log = tmp_path / "build.log"
+    write(log, b"")
+    shared = SharedLog(log, encode_numbered)
+    shared.refresh()
+    write(log, b"half")
+    assert shared.refresh() is False
+    assert shared.read(0) == ([], 0)
+    write(log, b" done\n")
+    assert shared.refresh() is True
+    assert shared.read(0) == ([b"0:half done\n"], 1)
+
+
+def test_shared_log_missing_then_created(tmp_path):
+    log = tmp_path / "build.log"
+    shared = SharedLog(log, encode_numbered)
+    assert shared.refresh() is False
+    assert shared.read(0) == ([], 0)
+    write(log, b"first\n")
+    shared.refresh()
+    # Lines present when the file is first seen are read from disk.
+    assert shared.read(0) is None
+    assert collect_shared(shared, log, 0) == ("0:first\n", 1)
+
+
+def test_shared_log_bounded_buffer_falls_back_to_disk(tmp_path, monkeypatch):
     monkeypatch.setattr(logfile, "SHARED_BUFFER_BYTES", 64)
     monkeypatch.setattr(logfile, "SHARED_READ_BYTES", 40)
     log = tmp_path / "build.log"
     write(log, b"")
-    shared = logfile.SharedLog(log, encode_numbered)
-    assert shared.read(0)[:2] == ([], 0)
+    shared = SharedLog(log, encode_numbered)
+    shared.refresh()
+    assert shared.read(0) == ([], 0)
     write(log, b"".join(b"line %d\n" % i for i in range(200)) + b"x" * 100 + b"\n")
+    assert shared.refresh() is True
     text, end = collect_shared(shared, log, 0)
     assert end == 201
     assert text == "".join(f"{i}:line {i}\n" for i in range(200)) + "200:" + "x" * 100 + "\n"
@@ -260,28 +215,91 @@ def test_shared_log_bounded_buffer_falls_back_to_disk(tmp_path, monkeypatch, no_
     assert shared.base > 100
 
 
-def test_shared_log_replaced_file_restarts(tmp_path, no_refresh_pause):
+def test_shared_log_replaced_file_restarts(tmp_path):
     log = tmp_path / "build.log"
     write(log, b"a\nb\nc\n")
-    shared = logfile.SharedLog(log, encode_numbered)
-    assert shared.read(3)[:2] == ([], 3)
+    shared = SharedLog(log, encode_numbered)
+    shared.refresh()
+    assert shared.read(3) == ([], 3)
     os.unlink(log)
     write(log, b"z\n")
-    assert shared.read(1)[:2] == ([], 1)
+    shared.refresh()
+    assert shared.read(1) == ([], 1)
     write(log, b"y\n")
-    assert shared.read(1)[:2] == ([b"1:y\n"], 2)
+    shared.refresh()
+    assert shared.read(1) == ([b"1:y\n"], 2)
 
 
-def test_shared_log_refresh_pause(tmp_path, monkeypatch):
-    monkeypatch.setattr(logfile, "SHARED_REFRESH_S", 60)
+def test_shared_log_view_survives_refresh(tmp_path):
     log = tmp_path / "build.log"
+    write(log, b"")
+    shared = SharedLog(log, encode_numbered)
+    shared.refresh()
     write(log, b"a\n")
-    shared = logfile.SharedLog(log, encode_numbered)
-    assert shared.read(1)[:2] == ([], 1)
+    shared.refresh()
+    # A reader that took the view keeps a consistent one while refresh replaces it.
+    view = shared.view
     write(log, b"b\n")
-    pieces, line, signature = shared.read(1)
-    assert (pieces, line) == ([], 1)
-    # The signature of the last read differs from the file, so the next wait wakes at the next poll.
-    assert signature != logfile.file_signature(log)
-    shared.refreshed_at -= 60
-    assert shared.read(1)[:2] == ([b"1:b\n"], 2)
+    shared.refresh()
+    assert (view.lines, len(view.batches)) == (1, 1)
+    assert shared.view.lines == 2
+
+
+class CountingItem:
+    def __init__(self, fail_times=0):
+        self.polls = 0
+        self.fail_times = fail_times
+        self.polled = threading.Event()
+
+    def poll(self):
+        self.polls += 1
+        self.polled.set()
+        if self.polls <= self.fail_times:
+            raise OSError("simulated poll failure")
+
+
+def test_poller_polls_until_removed():
+    poller = Poller(0.01, name="test-poller")
+    item = CountingItem()
+    poller.add(item)
+    deadline = time.monotonic() + 5
+    while item.polls < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert item.polls >= 5
+    poller.remove(item)
+    time.sleep(0.05)
+    count = item.polls
+    time.sleep(0.1)
+    assert item.polls == count
+
+
+def test_poller_one_thread_for_many_items():
+    poller = Poller(0.01, name="test-poller-many")
+    items = [CountingItem() for _ in range(50)]
+    for item in items:
+        poller.add(item)
+    for item in items:
+        assert item.polled.wait(5)
+    names = [thread.name for thread in threading.enumerate()]
+    assert names.count("test-poller-many") == 1
+    for item in items:
+        poller.remove(item)
+
+
+def test_poller_survives_failing_item(caplog):
+    poller = Poller(0.01, name="test-poller-failing")
+    failing = CountingItem(fail_times=3)
+    healthy = CountingItem()
+    with caplog.at_level(logging.ERROR, logger="apbd.web.logfile"):
+        poller.add(failing)
+        poller.add(healthy)
+        deadline = time.monotonic() + 5
+        while (failing.polls < 6 or healthy.polls < 6) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    poller.remove(failing)
+    poller.remove(healthy)
+    assert failing.polls >= 6
+    assert healthy.polls >= 6
+    # Three failures in a row are logged once.
+    failures = [r for r in caplog.records if r.exc_info and "simulated poll failure" in str(r.exc_info[1])]
+    assert len(failures) == 1

@@ -181,6 +181,15 @@ def outputs(events):
     return [e for e in events if e["event"] == "output"]
 
 
+def test_join_pieces_bounds_writes():
+    pieces = [b"a" * 10, b"b" * 10, b"c" * 10, b"d" * 25, b"e" * 5]
+    chunks = list(stream.join_pieces(pieces, 20))
+    assert chunks == [b"a" * 10 + b"b" * 10, b"c" * 10 + b"d" * 25, b"e" * 5]
+    single = [b"x" * 100]
+    assert list(stream.join_pieces(single, 20))[0] is single[0]
+    assert list(stream.join_pieces([], 20)) == []
+
+
 def test_unknown_build_404(server):
     response = requests.get(f"{server.url}/build/{spool_format.new_build_id()}/stream", timeout=5)
     assert response.status_code == 404
@@ -240,6 +249,21 @@ def test_status_event_on_change(server, spool):
     events = client.events_until(lambda e: e["event"] == "complete")
     assert [e["event"] for e in events] == ["status", "complete"]
     assert json.loads(events[-1]["data"]) == {"status": "failed", "exit_code": 4}
+    client.close()
+
+
+def test_two_changes_in_one_poll_end_with_terminal(server, spool):
+    build_id = make_job(spool, spool_format.QUEUED)
+    client = SSEClient(server.port, build_id)
+    assert json.loads(client.next_event()["data"]) == {"status": "queued"}
+    set_status(spool, build_id, spool_format.BUILDING, start_time=time.time())
+    set_status(spool, build_id, spool_format.COMPLETED, exit_code=0)
+    events = client.events_until(lambda e: e["event"] == "complete")
+    states = [json.loads(e["data"])["status"] for e in events if e["event"] == "status"]
+    assert states[-1] == "completed"
+    assert set(states) <= {"building", "completed"}
+    assert json.loads(events[-1]["data"]) == {"status": "completed", "exit_code": 0}
+    assert client.next_event() is None
     client.close()
 
 
@@ -448,9 +472,95 @@ def test_two_hundred_followers(server, spool):
     for n in range(followers):
         assert results[n] == expected, n
     assert elapsed < 30
-    # Every stream released the build's shared reader, so its buffer is gone.
+    # Every stream released the build's feed, so its buffer is gone and nothing polls it.
     assert wait_for_no_streams(server, 10) < 10
-    assert not any(path.endswith(build_id + "/build.log") for path, _ in logfile._shared)
+    assert spool.job_dir(build_id) not in stream.FEEDS.feeds
+
+
+def test_feed_wakes_every_waiter(spool):
+    build_id = make_job(spool, log=b"x\n")
+    feed = stream.BuildFeed(spool.job_dir(build_id))
+    feed.poll()
+    seen = feed.generation
+    waiters = 200
+    woken: list[int] = []
+    ready = threading.Barrier(waiters + 1, timeout=30)
+
+    def wait_once():
+        ready.wait()
+        woken.append(feed.wait(seen, 10.0))
+
+    threads = [threading.Thread(target=wait_once) for _ in range(waiters)]
+    for thread in threads:
+        thread.start()
+    ready.wait()
+    time.sleep(0.2)
+    append_log(spool, build_id, b"y\n")
+    started = time.monotonic()
+    feed.poll()
+    for thread in threads:
+        thread.join(15)
+    assert woken == [seen + 1] * waiters
+    assert time.monotonic() - started < 5
+    assert feed.log.read(1) == ([stream.encode_line(1, "y")], 2)
+
+
+def test_feed_tracks_status_changes(spool):
+    build_id = make_job(spool, spool_format.QUEUED)
+    feed = stream.BuildFeed(spool.job_dir(build_id))
+    feed.poll()
+    assert feed.status["status"] == "queued"
+    generation = feed.generation
+    feed.poll()
+    assert feed.generation == generation
+    set_status(spool, build_id, spool_format.BUILDING)
+    feed.poll()
+    assert feed.status["status"] == "building"
+    assert feed.generation == generation + 1
+
+
+def test_feed_registry_shares_one_feed(spool):
+    poller = logfile.Poller(0.01, name="test-feed-poller")
+    registry = stream.FeedRegistry(poller)
+    job = spool.job_dir(make_job(spool, log=b"x\n"))
+    first = registry.acquire(job)
+    second = registry.acquire(job)
+    assert first is second
+    assert first.streams == 2
+    registry.release(first)
+    assert registry.feeds[job] is first
+    registry.release(second)
+    assert job not in registry.feeds
+    assert registry.acquire(job) is not first
+
+
+def test_feed_registry_failed_poll_releases(spool, monkeypatch):
+    registry = stream.FeedRegistry(logfile.Poller(0.01, name="test-feed-poller-failing"))
+    job = spool.job_dir(make_job(spool, log=b"x\n"))
+
+    def failing_poll(feed):
+        raise PermissionError(13, "Permission denied", str(feed.log.path))
+
+    monkeypatch.setattr(stream.BuildFeed, "poll", failing_poll)
+    with pytest.raises(PermissionError):
+        registry.acquire(job)
+    assert registry.feeds == {}
+
+
+def test_failed_stream_start_frees_slot(spool, monkeypatch):
+    live = LiveServer(spool, sse_heartbeat_s=60)
+    try:
+        build_id = make_job(spool, log=b"x\n")
+
+        def failing_acquire(job):
+            raise PermissionError(13, "Permission denied", str(job))
+
+        monkeypatch.setattr(stream.FEEDS, "acquire", failing_acquire)
+        response = requests.get(f"{live.url}/build/{build_id}/stream", timeout=5)
+        assert response.status_code == 500
+        assert live.app.stream_slots.open == 0
+    finally:
+        live.stop()
 
 
 def wait_for_no_streams(live: LiveServer, timeout: float) -> float:
@@ -488,8 +598,8 @@ def test_thousand_connects_and_drops_return_to_baseline(spool):
         warm.next_event()
         warm.close()
         wait_for_no_streams(live, 10)
-        # Start the log watcher's one thread now, so it is part of the baseline.
-        logfile.WATCHER.wait({}, 0)
+        # Start the log poller's one thread now, so it is part of the baseline.
+        logfile.POLLER.start()
         fds_before, threads_before = process.num_fds(), process.num_threads()
 
         for round_number in range(10):

@@ -10,9 +10,10 @@ every stream reconnect cost the whole log. So each log gets a LineIndex: the
 byte offset where each line ends, kept in memory per file (by device and
 inode), and extended by scanning only the bytes appended since the last call.
 
-Followers wait for a log to grow through one FileWatcher per process: one
-thread stats each watched file every POLL_INTERVAL_S and wakes the followers
-whose file changed, so a hundred followers of one build cost one stat a tick.
+Following a log that a build writes costs one reader per log, not one per
+follower: a SharedLog reads the appended bytes once, encodes each new line
+once, and hands every follower the same bytes. One Poller thread per process
+calls it every POLL_INTERVAL_S.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-# Seconds between two stats of a watched file: the delay before a new line
-# reaches a follower.
-POLL_INTERVAL_S = 0.05
+# Seconds between two polls of a followed file: the most a new line waits
+# before its followers are woken. Each poll that finds new lines wakes every
+# follower, so a shorter interval costs more CPU per second with many followers.
+POLL_INTERVAL_S = 0.025
 # Bytes read at once while scanning a log for line ends.
 SCAN_CHUNK_BYTES = 1024 * 1024
 # Line indexes kept in memory; each costs 8 bytes per line of its log.
@@ -170,114 +172,61 @@ def file_signature(path: Path) -> tuple[int, int, int] | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-class _Waiter:
-    def __init__(self, known: dict[Path, tuple | None]):
-        self.known = known
-        self.event = threading.Event()
+class Poller:
+    """One thread that calls poll() of every added object every interval seconds.
 
+    The thread starts with the first add() and sleeps while nothing is added.
+    An exception from poll() is logged once per object until its poll()
+    succeeds again, and never stops the thread.
+    """
 
-class FileWatcher:
-    """One thread that polls watched files and wakes whoever waits for them to change."""
-
-    def __init__(self, interval: float = POLL_INTERVAL_S):
+    def __init__(self, interval: float = POLL_INTERVAL_S, name: str = "apbd-log-poller"):
         self.interval = interval
-        self._waiters: set[_Waiter] = set()
+        self.name = name
+        self._items: dict[int, object] = {}
+        self._failing: set[int] = set()
         self._lock = threading.Condition()
         self._thread: threading.Thread | None = None
 
-    def wait(self, known: dict[Path, tuple | None], timeout: float) -> bool:
-        """Wait until a file differs from its signature in known; False on timeout.
-
-        Comparing with the caller's own last signature, not with the moment of
-        the call, means a change made just before the call still wakes it.
-        """
-        waiter = _Waiter(dict(known))
+    def add(self, item) -> None:
         with self._lock:
-            self._waiters.add(waiter)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._poll_forever, name="apbd-log-watcher",
-                                                daemon=True)
-                self._thread.start()
+            self._items[id(item)] = item
+            self.start()
             self._lock.notify()
-        try:
-            return waiter.event.wait(timeout)
-        finally:
-            with self._lock:
-                self._waiters.discard(waiter)
+
+    def remove(self, item) -> None:
+        with self._lock:
+            self._items.pop(id(item), None)
+            self._failing.discard(id(item))
+
+    def start(self) -> None:
+        """Start the thread if it does not run yet."""
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._poll_forever, name=self.name, daemon=True)
+                self._thread.start()
 
     def _poll_forever(self) -> None:
         while True:
             with self._lock:
-                while not self._waiters:
+                while not self._items:
                     self._lock.wait()
-            time.sleep(self.interval)
-            self.poll_once()
+                items = list(self._items.values())
+            started = time.monotonic()
+            for item in items:
+                self._poll_item(item)
+            time.sleep(max(0.0, self.interval - (time.monotonic() - started)))
 
-    def poll_once(self) -> None:
-        """Stat every watched file once and wake the waiters that saw it differently."""
-        with self._lock:
-            waiters = list(self._waiters)
-        signatures: dict[Path, tuple | None] = {}
-        for waiter in waiters:
-            for path, known in waiter.known.items():
-                if path not in signatures:
-                    signatures[path] = file_signature(path)
-                if signatures[path] != known:
-                    waiter.event.set()
-                    break
-
-
-WATCHER = FileWatcher()
-
-
-class LogFollower:
-    """Hand out the lines of a log from a given line on, as the build writes them.
-
-    Lines are numbered from 0, as /output's start_index counts them.
-    """
-
-    def __init__(self, path: str | os.PathLike, start_line: int = 0,
-                 watcher: FileWatcher | None = None):
-        self.path = Path(path)
-        self.next_line = max(0, start_line)
-        self.watcher = watcher or WATCHER
-        self.signature = None
-
-    def read_new(self, *, final: bool = False, max_lines: int = 1000) -> list[tuple[int, str]]:
-        """Return up to max_lines complete lines not yet returned, with their numbers.
-
-        With final=True (the build has ended) an unterminated last line is
-        returned too. A partial line is never returned while the build may
-        still extend it, so a line is never sent twice.
-        """
-        self.signature = file_signature(self.path)
-        lines, _ = read_lines(self.path, self.next_line, max_lines, include_partial=final)
-        numbered = list(enumerate(lines, start=self.next_line))
-        self.next_line += len(lines)
-        return numbered
-
-    def follow(self, stop=lambda: False, timeout: float = 1.0):
-        """Yield (line_number, text) as lines arrive, until stop() returns True.
-
-        stop() is checked at least every timeout seconds; once it is True the
-        remaining lines, an unterminated last one included, are yielded.
-        """
-        while True:
-            finished = stop()
-            while True:
-                batch = self.read_new(final=finished)
-                yield from batch
-                if not batch:
-                    break
-            if finished:
-                return
-            self.wait(timeout)
-
-    def wait(self, timeout: float, also: dict[Path, tuple | None] | None = None) -> bool:
-        """Wait until the log changes after the last read_new, or a file in also changes."""
-        known = {self.path: self.signature}
-        known.update(also or {})
-        return self.watcher.wait(known, timeout)
+    def _poll_item(self, item) -> None:
+        try:
+            item.poll()
+        except Exception:
+            if id(item) not in self._failing:
+                self._failing.add(id(item))
+                log.exception("polling %r failed; retrying every %.2f s, logged again only after a success",
+                              item, self.interval)
+            return
+        self._failing.discard(id(item))
 
 
 # Encoded bytes of recent lines that a SharedLog keeps in memory. A follower
@@ -285,10 +234,6 @@ class LogFollower:
 SHARED_BUFFER_BYTES = 4 * 1024 * 1024
 # Bytes a SharedLog reads at once from the log.
 SHARED_READ_BYTES = 1024 * 1024
-# Seconds between two reads of a SharedLog's file. A log written without
-# pause changes between the stats of its 500 followers, so without this
-# pause each of them would read it in turn while the others wait for the lock.
-SHARED_REFRESH_S = 0.02
 
 
 class _Batch:
@@ -309,88 +254,102 @@ class _Batch:
         return self.data[self.ends[line - self.first - 1]:]
 
 
-class SharedLog:
-    """One reader of a followed log for every stream of its build.
+class _View:
+    """The buffered batches and the line after the last of them, replaced whole on each change."""
 
-    The first follower to call read() after the log grew reads the appended
-    bytes in big chunks, splits them into lines and encodes each line once with
-    encode(number, text). Every follower then gets the same encoded bytes. Only the newest
-    SHARED_BUFFER_BYTES stay in memory: read() returns None to a follower
-    whose position is older, and it reads those lines from disk.
+    def __init__(self, batches: tuple[_Batch, ...], lines: int):
+        self.batches = batches
+        self.lines = lines
+        self.firsts = [batch.first for batch in batches]
+        self.base = batches[0].first if batches else lines
+
+
+class SharedLog:
+    """One reader of a followed log for all its followers.
+
+    refresh() reads the bytes appended since its last call, splits them into
+    complete lines and encodes each line once with encode(number, text). Only
+    one thread may call it at a time. Any thread may call read() without a
+    lock, because read() works on the current _View, which refresh() replaces
+    whole and never changes. Only the newest SHARED_BUFFER_BYTES stay in
+    memory. read() returns None to a follower whose position is older, and
+    that follower reads those lines from disk.
     """
 
     def __init__(self, path: Path, encode):
         self.path = path
         self.encode = encode
-        self.lock = threading.Lock()
-        self.users = 0
         self.file_id: tuple[int, int] | None = None
         self.signature: tuple | None = None
-        self.refreshed_at = float("-inf")
         self.read_pos = 0
-        self.lines = 0
-        self.batches: list[_Batch] = []
-        # firsts[i] is batches[i].first, kept for bisect.
-        self.firsts: list[int] = []
         self.buffered = 0
+        self.view = _View((), 0)
 
     @property
     def base(self) -> int:
         """The first line still held in memory."""
-        return self.batches[0].first if self.batches else self.lines
+        return self.view.base
 
-    def read(self, line: int) -> tuple[list[bytes], int, tuple | None] | None:
-        """Return the encoded complete lines from line on, the line after them and a signature.
+    def read(self, line: int) -> tuple[list[bytes], int] | None:
+        """Return the encoded complete lines from line on, in pieces, and the line after them.
 
-        The signature is file_signature() of the log taken before its last
-        read, for FileWatcher.wait(). None means those lines are no longer
-        in memory: read them from disk.
+        The pieces are the buffer's own bytes, not copies. None means those
+        lines are no longer in memory: read them from disk.
         """
-        # One stat per call, and the file is read only when it changed. A
-        # change missed here wakes the caller's next FileWatcher.wait.
+        view = self.view
+        if line < view.base:
+            return None
+        start = max(0, bisect.bisect_right(view.firsts, line) - 1)
+        pieces = [batch.tail_from(line) for batch in view.batches[start:] if batch.stop > line]
+        return pieces, max(line, view.lines)
+
+    def refresh(self) -> bool:
+        """Read what was appended since the last call; return whether complete lines were added.
+
+        The first call, and a call after the file was replaced or truncated,
+        starts after the complete lines the file contains then, so followers
+        behind that point read from disk.
+        """
         signature = file_signature(self.path)
-        now = time.monotonic()
-        with self.lock:
-            if signature != self.signature and now - self.refreshed_at >= SHARED_REFRESH_S:
-                self.refreshed_at = now
-                self._refresh()
-                self.signature = signature
-            if line < self.base:
-                return None
-            start = bisect.bisect_right(self.firsts, line) - 1
-            pieces = [batch.tail_from(line) for batch in self.batches[max(0, start):] if batch.stop > line]
-            return pieces, max(line, self.lines), self.signature
-
-    def _restart(self, fd: int, st: os.stat_result) -> None:
-        """Restart after the complete lines the file contains now, so followers behind read from disk."""
-        index = _index_for(self.path, st)
-        with index.lock:
-            index.extend(fd, st.st_size)
-            self.lines = bisect.bisect_right(index.ends, st.st_size)
-            self.read_pos = index.start_of(self.lines)
-        self.file_id = (st.st_dev, st.st_ino)
-        self.batches = []
-        self.firsts = []
-        self.buffered = 0
-
-    def _refresh(self) -> None:
+        if signature is None or signature == self.signature:
+            return False
+        self.signature = signature
         try:
             fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
-            return
+            return False
         try:
             st = os.fstat(fd)
             if self.file_id != (st.st_dev, st.st_ino) or st.st_size < self.read_pos:
                 if self.file_id is not None:
                     log.info("%s was replaced or truncated; following it from its end", self.path)
                 self._restart(fd, st)
-            while self.read_pos < st.st_size and self._read_chunk(fd, st.st_size):
-                pass
+            added = []
+            lines = self.view.lines
+            while self.read_pos < st.st_size:
+                batch = self._read_batch(fd, st.st_size, lines)
+                if batch is None:
+                    break
+                added.append(batch)
+                lines = batch.stop
         finally:
             os.close(fd)
+        if added:
+            self._publish(added, lines)
+        return bool(added)
 
-    def _read_chunk(self, fd: int, size: int) -> bool:
-        """Encode the complete lines of the next chunk; return False if it contains none yet."""
+    def _restart(self, fd: int, st: os.stat_result) -> None:
+        index = _index_for(self.path, st)
+        with index.lock:
+            index.extend(fd, st.st_size)
+            lines = bisect.bisect_right(index.ends, st.st_size)
+            self.read_pos = index.start_of(lines)
+        self.file_id = (st.st_dev, st.st_ino)
+        self.buffered = 0
+        self.view = _View((), lines)
+
+    def _read_batch(self, fd: int, size: int, first: int) -> _Batch | None:
+        """Read and encode the complete lines of the next chunk; None if it contains none yet."""
         data = bytearray()
         pos = self.read_pos
         while pos < size:
@@ -403,43 +362,26 @@ class SharedLog:
                 break
         cut = data.rfind(b"\n")
         if cut < 0:
-            return False
-        events = [self.encode(self.lines + i, decode_line(part))
+            return None
+        events = [self.encode(first + i, decode_line(part))
                   for i, part in enumerate(bytes(data[:cut]).split(b"\n"))]
         ends, total = [], 0
         for event in events:
             total += len(event)
             ends.append(total)
-        self.batches.append(_Batch(self.lines, b"".join(events), ends))
-        self.firsts.append(self.lines)
-        self.buffered += total
-        self.lines += len(events)
         self.read_pos += cut + 1
-        while self.buffered > SHARED_BUFFER_BYTES and len(self.batches) > 1:
-            self.buffered -= len(self.batches.pop(0).data)
-            self.firsts.pop(0)
-        return True
+        return _Batch(first, b"".join(events), ends)
+
+    def _publish(self, added: list[_Batch], lines: int) -> None:
+        """Replace the view with one holding the added batches, dropping the oldest beyond the budget."""
+        batches = list(self.view.batches) + added
+        self.buffered += sum(len(batch.data) for batch in added)
+        drop = 0
+        while self.buffered > SHARED_BUFFER_BYTES and len(batches) - drop > 1:
+            self.buffered -= len(batches[drop].data)
+            drop += 1
+        self.view = _View(tuple(batches[drop:]), lines)
 
 
-_shared: dict[tuple[str, object], SharedLog] = {}
-_shared_lock = threading.Lock()
-
-
-def acquire_shared(path: str | os.PathLike, encode) -> SharedLog:
-    """Return the SharedLog of path for this encoder; release_shared() it when done."""
-    key = (str(path), encode)
-    with _shared_lock:
-        shared = _shared.get(key)
-        if shared is None:
-            shared = _shared[key] = SharedLog(Path(path), encode)
-        shared.users += 1
-    return shared
-
-
-def release_shared(shared: SharedLog) -> None:
-    """Forget a SharedLog and its buffer once its last follower is gone."""
-    with _shared_lock:
-        shared.users -= 1
-        key = (str(shared.path), shared.encode)
-        if shared.users <= 0 and _shared.get(key) is shared:
-            del _shared[key]
+# The process's one poller of followed logs.
+POLLER = Poller()
