@@ -16,8 +16,13 @@ module to read and change it. The protocol, in short:
 - Only the holder of the lock writes status.json, and always by writing a
   temporary file and renaming it over the old one. The publisher writes the
   first one (queued) before publishing.
-- When a build ends, its holder writes the final status.json first and then
-  removes `claimed`. So `ls jobs/*/queued` lists the queue and
+- Each status.json gets a later mtime than the version it replaces, so a
+  reader can tell versions apart by stat() alone (the web layer caches
+  status polls that way).
+- When a build ends, its holder first moves the packages into packages/ and
+  writes its last build.log line, then the final status.json, then removes
+  `claimed` and work/. The packages, build.log and status.json do not change
+  after the final status. So `ls jobs/*/queued` lists the queue and
   `ls jobs/*/claimed` lists what is running or was orphaned by a crash.
 - A cancel request is the file `cancel` in the job folder. Whoever holds the
   lock acts on it; the web layer takes the lock itself for a job still queued.
@@ -89,13 +94,33 @@ def new_build_id() -> str:
     return str(uuid.uuid4())
 
 
+def next_mtime_ns(path: Path) -> int:
+    """Return a modification time for a new version of path, later than the current one's.
+
+    The kernel stamps files from a coarse clock (a few milliseconds here), and
+    ext4 hands a freed inode number straight to the next new file. Without
+    this, two versions of status.json can share inode, size and mtime, and a
+    reader that caches by stat() would keep the older one.
+    """
+    now = time.time_ns()
+    try:
+        return max(now, os.stat(path).st_mtime_ns + 1)
+    except FileNotFoundError:
+        return now
+
+
 def write_file_atomic(path: Path, data: bytes) -> None:
-    """Replace path with data so that readers see the old or the new file, never a torn one."""
+    """Replace path with data so that readers see the old or the new file, never a torn one.
+
+    Each version gets a later mtime than the one it replaces (next_mtime_ns).
+    """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         try:
             os.write(fd, data)
+            mtime = next_mtime_ns(path)
+            os.utime(fd, ns=(mtime, mtime))
             os.fsync(fd)
         finally:
             os.close(fd)

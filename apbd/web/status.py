@@ -13,9 +13,10 @@ while the rest of a cached poll's WSGI call takes about 7 us. Both were
 measured with wrk on a 2-core VM, as in the bench's status-api figure. So a
 poll stats only what can still change in the build's state:
 
-- status.json, always. Every writer replaces it by an atomic rename, so each
-  new version normally has a new inode number, even where the timestamps
-  stay the same.
+- status.json, always. Every writer replaces it by an atomic rename and gives
+  each new version a later mtime than the one it replaces
+  (apbd.spool.next_mtime_ns), so no two versions share a key, even when the
+  filesystem reuses an inode number within one tick of the kernel's clock.
 - build.log, while the build is queued or building. A runner notes a cancel
   in build.log before it writes the cancelled status, and the build appends
   to it while it runs.
@@ -33,9 +34,7 @@ next poll rebuild the body.
 NOTE: mtime and ctime can have the resolution of the kernel's coarse clock,
 a few milliseconds. Within one tick, a poll between two packages renamed into
 packages/ misses the second one until status.json changes, which the final
-status does. And a status.json rewritten twice within one tick, to the same
-size, looks unchanged if the filesystem gives the second version the freed
-inode number of the first.
+status does.
 
 StatusPolls is the WSGI layer that serves both polls from this cache before
 bottle sees the request. Every other request, and every poll it does not
