@@ -14,11 +14,16 @@ the package, a PKGBUILD that is a link) is rejected with ApiError 400, and size
 or member-count limits with 413. A PKGBUILD must be a regular file at the root;
 one top-level folder wrapping everything, as `tar czf x.tar.gz pkgdir/` makes,
 is stripped. Written files get mode 0644, or 0755 when any execute bit was set.
+
+A tarball is unpacked in one pass over its gzip stream: each member is checked
+before its data is written, sizes are counted while they are written, and the
+checks that need the whole package (PKGBUILD, symlink targets, links declared
+after the paths below them) run before any symlink is created. A failed check
+removes everything written.
 """
 
 from __future__ import annotations
 
-import gzip
 import os
 import posixpath
 import shutil
@@ -32,6 +37,8 @@ from apbd.errors import ApiError
 
 PKGBUILD = "PKGBUILD"
 _CHUNK = 1024 * 1024
+# zlib's wbits for the gzip format: zlib then checks each member's CRC-32 and length.
+_GZIP_WBITS = 16 + zlib.MAX_WBITS
 # A "%" is rejected too: clients such as the APB farm put file names into
 # download URLs unquoted, so "a%20b" would come back as "a b" and not be found.
 _FORBIDDEN_CHARS = ("\n", "\r", "\\", "\0", "%")
@@ -106,15 +113,23 @@ def entry_from_member(member: tarfile.TarInfo) -> Entry | None:
     raise invalid(f"Member {name!r} has an unsupported type {member.type!r}")
 
 
-def strip_top_folder(entries: list[Entry]) -> list[Entry]:
-    """Drop one folder that wraps every entry, unless a PKGBUILD already sits at the root."""
+def wrapping_folder(entries: list[Entry]) -> str | None:
+    """Return the one folder that wraps every entry, or None (also when a PKGBUILD sits at the root)."""
     if not entries or any(e.name == PKGBUILD for e in entries):
-        return entries
+        return None
     tops = {e.name.split("/", 1)[0] for e in entries}
     if len(tops) != 1:
-        return entries
+        return None
     top = tops.pop()
     if any(e.name == top and e.kind != "dir" for e in entries):
+        return None
+    return top
+
+
+def strip_top_folder(entries: list[Entry]) -> list[Entry]:
+    """Drop one folder that wraps every entry, unless a PKGBUILD already sits at the root."""
+    top = wrapping_folder(entries)
+    if top is None:
         return entries
     prefix = top + "/"
     stripped = []
@@ -133,38 +148,52 @@ def check_plan(entries: list[Entry], *, max_file_size: int, max_total_size: int,
     by_name: dict[str, Entry] = {}
     total = 0
     for e in entries:
-        if e.name in by_name:
-            raise invalid(f"{what} contains {e.name!r} twice")
-        by_name[e.name] = e
-        if e.kind == "hardlink":
-            linked = by_name.get(e.target)
-            if linked is None or linked.kind != "file":
-                raise invalid(f"Hard link {e.name!r} points to {e.target!r}, which is not an earlier file of the package")
-            e.size, e.executable = linked.size, linked.executable
-        if e.size > max_file_size:
-            raise ApiError(413, "File too large", f"{e.name} exceeds {max_file_size} bytes")
-        total += e.size
-        if total > max_total_size:
-            raise ApiError(413, "Tarball too large",
-                           f"{what} expands to more than the extracted size limit of {max_total_size} bytes")
+        total = add_to_plan(e, by_name, total, max_file_size=max_file_size, max_total_size=max_total_size,
+                            what=what)
 
-    symlinks = {e.name for e in entries if e.kind == "symlink"}
     for e in entries:
         if e.kind == "symlink":
             check_symlink_target(e)
-        parents = e.name.split("/")[:-1]
-        for i in range(1, len(parents) + 1):
-            parent = "/".join(parents[:i])
-            if parent in symlinks:
-                raise invalid(f"Member {e.name!r} lies below the symlink {parent!r}")
-            if parent in by_name and by_name[parent].kind != "dir":
-                raise invalid(f"Member {e.name!r} lies below {parent!r}, which is not a folder")
+        check_parents(e, by_name)
 
     pkgbuild = by_name.get(PKGBUILD)
     if pkgbuild is None:
         raise invalid(f"{what} must contain a PKGBUILD file at its root (or inside one top-level folder)")
     if pkgbuild.kind != "file":
         raise invalid(f"PKGBUILD must be a regular file, not a {pkgbuild.kind}")
+
+
+def add_to_plan(e: Entry, by_name: dict[str, Entry], total: int, *, max_file_size: int, max_total_size: int,
+                what: str) -> int:
+    """Check e against the entries before it and the size limits, add it to by_name, and return the new total size."""
+    if e.name in by_name:
+        raise invalid(f"{what} contains {e.name!r} twice")
+    by_name[e.name] = e
+    if e.kind == "hardlink":
+        linked = by_name.get(e.target)
+        if linked is None or linked.kind != "file":
+            raise invalid(f"Hard link {e.name!r} points to {e.target!r}, which is not an earlier file of the package")
+        e.size, e.executable = linked.size, linked.executable
+    if e.size > max_file_size:
+        raise ApiError(413, "File too large", f"{e.name} exceeds {max_file_size} bytes")
+    total += e.size
+    if total > max_total_size:
+        raise ApiError(413, "Tarball too large",
+                       f"{what} expands to more than the extracted size limit of {max_total_size} bytes")
+    return total
+
+
+def check_parents(e: Entry, by_name: dict[str, Entry]) -> None:
+    """Reject e when one of its parent paths is a symlink or not a folder among by_name."""
+    parents = e.name.split("/")[:-1]
+    for i in range(1, len(parents) + 1):
+        parent = by_name.get("/".join(parents[:i]))
+        if parent is None:
+            continue
+        if parent.kind == "symlink":
+            raise invalid(f"Member {e.name!r} lies below the symlink {parent.name!r}")
+        if parent.kind != "dir":
+            raise invalid(f"Member {e.name!r} lies below {parent.name!r}, which is not a folder")
 
 
 def check_symlink_target(entry: Entry) -> None:
@@ -181,24 +210,36 @@ def check_symlink_target(entry: Entry) -> None:
 
 def write_entries(entries: list[Entry], dest: Path, open_source) -> list[str]:
     """Create the checked entries below dest; symlinks last, so nothing is written through one."""
-    written = []
     for e in entries:
-        path = dest / e.name
-        if e.kind == "dir":
-            path.mkdir(mode=0o755, parents=True, exist_ok=True)
-            os.chmod(path, 0o755)
-            continue
-        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        if e.kind == "file":
-            with open_source(e) as src:
-                copy_limited(src, path, e)
-            written.append(e.name)
-        elif e.kind == "hardlink":
-            with open(dest / e.target, "rb") as src:
-                copy_limited(src, path, e)
-            written.append(e.name)
+        write_entry(e, dest, open_source)
+    return create_symlinks(entries, dest)
+
+
+def write_entry(e: Entry, dest: Path, open_source) -> None:
+    """Create a folder, file or hard-link copy below dest; symlinks are left to create_symlinks."""
+    path = dest / e.name
+    if e.kind == "dir":
+        path.mkdir(mode=0o755, parents=True, exist_ok=True)
+        os.chmod(path, 0o755)
+        return
+    if e.kind == "symlink":
+        return
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    if e.kind == "file":
+        with open_source(e) as src:
+            copy_limited(src, path, e)
+    elif e.kind == "hardlink":
+        with open(dest / e.target, "rb") as src:
+            copy_limited(src, path, e)
+
+
+def create_symlinks(entries: list[Entry], dest: Path) -> list[str]:
+    """Create the symlinks among entries and return the names of all files and symlinks, symlinks last."""
+    written = [e.name for e in entries if e.kind in ("file", "hardlink")]
     for e in entries:
         if e.kind == "symlink":
+            # check_plan rejected every entry below a symlink, so no parent made here is one.
+            (dest / e.name).parent.mkdir(mode=0o755, parents=True, exist_ok=True)
             os.symlink(e.target, dest / e.name)
             written.append(e.name)
     return written
@@ -232,22 +273,93 @@ def prepare_dest(dest: Path) -> None:
 # Tarballs
 
 
-def read_members(tar: tarfile.TarFile, max_members: int) -> list[tarfile.TarInfo]:
-    """Read every member header, stopping as soon as there are too many."""
-    members = []
-    while True:
-        member = tar.next()
-        if member is None:
-            return members
-        members.append(member)
-        if len(members) > max_members:
-            raise ApiError(413, "Tarball too large", f"Tarball has more than the limit of {max_members} members")
+class GzipReader:
+    """A gzip file decompressed on read(), with each member's CRC-32 and length checked at its end.
+
+    gzip.GzipFile checks the same, but in Python 3.11 it feeds zlib 8 KiB at a
+    time: one pass over a 1 GB tarball took 1.3 s with it and about 0.6 s with
+    1 MiB reads (single runs on a 2-core VM).
+    """
+
+    def __init__(self, raw):
+        self.raw = raw
+        self.decompressor = zlib.decompressobj(_GZIP_WBITS)
+
+    def read(self, size: int = -1) -> bytes:
+        """Return up to size decompressed bytes (at least one unless at the end); raise EOFError when truncated."""
+        if size is None or size <= 0:
+            size = _CHUNK
+        while True:
+            if self.decompressor.eof:
+                data = self.next_member_start()
+                if not data:
+                    return b""
+            else:
+                data = self.decompressor.unconsumed_tail or self.raw.read(_CHUNK)
+                if not data:
+                    raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+            chunk = self.decompressor.decompress(data, size)
+            if chunk:
+                return chunk
+
+    def next_member_start(self) -> bytes:
+        """Return the compressed bytes after a finished gzip member, with a fresh decompressor for them.
+
+        Like gzip(1), this accepts concatenated members and zero bytes after the last one.
+        """
+        data = self.decompressor.unused_data.lstrip(b"\0")
+        while not data:
+            more = self.raw.read(_CHUNK)
+            if not more:
+                return b""
+            data = more.lstrip(b"\0")
+        self.decompressor = zlib.decompressobj(_GZIP_WBITS)
+        return data
 
 
 def drain(fileobj) -> None:
     """Read the gzip stream to its end, so that truncation and CRC errors show now."""
     while fileobj.read(_CHUNK):
         pass
+
+
+def unpack_members(tar: tarfile.TarFile, dest: Path, *, max_file_size: int, max_total_size: int,
+                   max_members: int) -> list[Entry]:
+    """Check and write each member of a streamed tarball below dest, in archive order; return the entries.
+
+    Symlinks are only collected. Names are not stripped yet, because whether
+    one folder wraps the package is known only after the last member.
+    """
+    entries: list[Entry] = []
+    by_name: dict[str, Entry] = {}
+    total = 0
+    for count, member in enumerate(tar, start=1):
+        if count > max_members:
+            raise ApiError(413, "Tarball too large", f"Tarball has more than the limit of {max_members} members")
+        entry = entry_from_member(member)
+        if entry is None:
+            continue
+        total = add_to_plan(entry, by_name, total, max_file_size=max_file_size, max_total_size=max_total_size,
+                            what="Tarball")
+        check_parents(entry, by_name)
+        try:
+            write_entry(entry, dest, lambda e: tar.extractfile(member))
+        except (FileExistsError, IsADirectoryError, NotADirectoryError):
+            raise invalid(f"Member {entry.name!r} has the name of a folder made for other members") from None
+        entries.append(entry)
+    return entries
+
+
+def unpacked_path(dest: Path) -> Path:
+    return dest.with_name(dest.name + ".unpacked")
+
+
+def move_out_of_folder(dest: Path, top: str) -> None:
+    """Make dest/top the new dest: the tarball's one wrapping folder is stripped."""
+    unpacked = unpacked_path(dest)
+    os.rename(dest, unpacked)
+    os.rename(unpacked / top, dest)
+    os.rmdir(unpacked)
 
 
 def extract_tarball(path: Path, dest: Path, *, max_file_size: int, max_total_size: int,
@@ -263,18 +375,24 @@ def extract_tarball(path: Path, dest: Path, *, max_file_size: int, max_total_siz
 
     prepare_dest(dest)
     try:
-        with tarfile.open(path, "r:gz") as tar:
-            members = read_members(tar, max_members)
-            drain(tar.fileobj)
-            entries = [e for e in map(entry_from_member, members) if e is not None]
-            entries = strip_top_folder(entries)
-            check_plan(entries, max_file_size=max_file_size, max_total_size=max_total_size, what="Tarball")
-            return write_entries(entries, dest, lambda e: tar.extractfile(e.member))
-    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+        with open(path, "rb") as raw:
+            stream = GzipReader(raw)
+            with tarfile.open(fileobj=stream, mode="r|", bufsize=_CHUNK) as tar:
+                entries = unpack_members(tar, dest, max_file_size=max_file_size, max_total_size=max_total_size,
+                                         max_members=max_members)
+            drain(stream)
+        top = wrapping_folder(entries)
+        entries = strip_top_folder(entries)
+        check_plan(entries, max_file_size=max_file_size, max_total_size=max_total_size, what="Tarball")
+        if top is not None:
+            move_out_of_folder(dest, top)
+        return create_symlinks(entries, dest)
+    except (tarfile.TarError, EOFError, zlib.error) as e:
         shutil.rmtree(dest, ignore_errors=True)
         raise invalid(f"The tarball is damaged or truncated: {e}") from None
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
+        shutil.rmtree(unpacked_path(dest), ignore_errors=True)
         raise
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import stat
@@ -237,3 +238,93 @@ def test_copy_package_folder_rejects_fifo(tmp_path):
     with pytest.raises(ApiError) as error:
         copy_package_folder(src, tmp_path / "out", **LIMITS)
     assert "not a regular file" in error.value.detail
+
+
+# The single streaming pass over the gzip data
+
+
+def plain_tar_bytes(members: list[tuple]) -> bytes:
+    """Return an uncompressed tar archive of (name, data) regular files."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def test_wrong_crc_rejected(tmp_path):
+    archive = make_tar(tmp_path / "in.tar.gz", [("PKGBUILD", "file", PKGBUILD_TEXT, 0o644)])
+    data = bytearray(archive.read_bytes())
+    data[-8] ^= 0xFF  # the first byte of the gzip trailer's CRC-32
+    archive.write_bytes(bytes(data))
+    with pytest.raises(ApiError) as error:
+        extract_tarball(archive, tmp_path / "out", **LIMITS)
+    assert error.value.status == 400
+    assert "damaged" in error.value.detail
+    assert not (tmp_path / "out").exists()
+
+
+def test_gzip_cut_after_tar_end_rejected(tmp_path):
+    archive = make_tar(tmp_path / "in.tar.gz", [("PKGBUILD", "file", PKGBUILD_TEXT, 0o644)])
+    archive.write_bytes(archive.read_bytes()[:-4])
+    with pytest.raises(ApiError) as error:
+        extract_tarball(archive, tmp_path / "out", **LIMITS)
+    assert "truncated" in error.value.detail
+    assert not (tmp_path / "out").exists()
+
+
+def test_garbage_after_gzip_rejected(tmp_path):
+    archive = make_tar(tmp_path / "in.tar.gz", [("PKGBUILD", "file", PKGBUILD_TEXT, 0o644)])
+    archive.write_bytes(archive.read_bytes() + b"not gzip")
+    with pytest.raises(ApiError) as error:
+        extract_tarball(archive, tmp_path / "out", **LIMITS)
+    assert error.value.status == 400
+    assert not (tmp_path / "out").exists()
+
+
+def test_concatenated_gzip_members_extract(tmp_path):
+    tar = plain_tar_bytes([("PKGBUILD", PKGBUILD_TEXT), ("big", os.urandom(300_000))])
+    half = len(tar) // 2
+    archive = tmp_path / "in.tar.gz"
+    archive.write_bytes(gzip.compress(tar[:half]) + gzip.compress(tar[half:]) + b"\0" * 10)
+    names = extract_tarball(archive, tmp_path / "out", **LIMITS)
+    assert sorted(names) == ["PKGBUILD", "big"]
+    assert (tmp_path / "out/big").read_bytes() == tar_member(tar, "big")
+
+
+def tar_member(tar: bytes, name: str) -> bytes:
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        return archive.extractfile(name).read()
+
+
+def test_large_member_extracts_exactly(tmp_path):
+    payload = os.urandom(3 * 1024 * 1024 + 17)
+    archive = make_tar(tmp_path / "in.tar.gz", [("PKGBUILD", "file", PKGBUILD_TEXT, 0o644),
+                                                ("big", "file", payload, 0o644)])
+    extract_tarball(archive, tmp_path / "out", **{**LIMITS, "max_file_size": len(payload)})
+    assert (tmp_path / "out/big").read_bytes() == payload
+
+
+def test_file_over_earlier_folder_rejected(tmp_path):
+    error = rejected(tmp_path, [("PKGBUILD", "file", PKGBUILD_TEXT, 0o644),
+                                ("a/b", "file", b"x", 0o644), ("a", "file", b"y", 0o644)])
+    assert error.status == 400
+    assert "'a'" in error.detail
+
+
+def test_symlink_declared_after_its_folder_rejected(tmp_path):
+    error = rejected(tmp_path, [("PKGBUILD", "file", PKGBUILD_TEXT, 0o644),
+                                ("d/x", "file", b"x", 0o644), ("d", "sym", ".", 0o777)])
+    assert error.status == 400
+
+
+def test_top_folder_with_symlink_is_stripped(tmp_path):
+    names = extract(tmp_path, [("top", "dir", None, 0o755), ("top/PKGBUILD", "file", PKGBUILD_TEXT, 0o644),
+                               ("top/sub/a", "file", b"a", 0o644), ("top/b", "sym", "sub/a", 0o777)])
+    out = tmp_path / "out"
+    assert names == ["PKGBUILD", "sub/a", "b"]
+    assert os.readlink(out / "b") == "sub/a"
+    assert (out / "b").read_bytes() == b"a"
+    assert not (tmp_path / "out.unpacked").exists()
