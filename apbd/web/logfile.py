@@ -226,12 +226,18 @@ class Poller:
         try:
             item.poll()
         except Exception:
-            if id(item) not in self._failing:
-                self._failing.add(id(item))
-                log.exception("polling %r failed; retrying every %.2f s, logged again only after a success",
+            with self._lock:
+                # An item removed meanwhile is not marked, so its id can be reused.
+                first_failure = id(item) in self._items and id(item) not in self._failing
+                if first_failure:
+                    self._failing.add(id(item))
+            if first_failure:
+                log.exception("polling %r failed; retrying every %.3f s, logged again only after a success",
                               item, self.interval)
             return
-        self._failing.discard(id(item))
+        if self._failing:
+            with self._lock:
+                self._failing.discard(id(item))
 
 
 # Encoded bytes of recent lines that a SharedLog keeps in memory. A follower

@@ -225,7 +225,7 @@ class BuildFeed:
         return True
 
     def wait(self, seen: int | None, timeout: float) -> int:
-        """Wait until the generation is no longer seen, at most timeout seconds; return it."""
+        """Wait at most timeout seconds for the generation to differ from seen, and return it."""
         with self.changed:
             if self.generation != seen:
                 return self.generation
