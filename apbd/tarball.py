@@ -37,6 +37,7 @@ from apbd.errors import ApiError
 
 PKGBUILD = "PKGBUILD"
 _CHUNK = 1024 * 1024
+GZIP_MAGIC = b"\x1f\x8b"
 # zlib's wbits for the gzip format: zlib then checks each member's CRC-32 and length.
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
 # A "%" is rejected too: clients such as the APB farm put file names into
@@ -284,6 +285,19 @@ class GzipReader:
     def __init__(self, raw):
         self.raw = raw
         self.decompressor = zlib.decompressobj(_GZIP_WBITS)
+        self.pending = self.read_magic()
+
+    def read_magic(self) -> bytes:
+        """Return the first input bytes, and raise ApiError 400 unless they start as gzip data does."""
+        head = b""
+        while len(head) < 2:
+            more = self.raw.read(_CHUNK)
+            if not more:
+                break
+            head += more
+        if head[:2] != GZIP_MAGIC:
+            raise invalid("The upload is not a gzip-compressed tar archive (.tar.gz)")
+        return head
 
     def read(self, size: int = -1) -> bytes:
         """Return up to size decompressed bytes (at least one unless at the end); raise EOFError when truncated."""
@@ -295,7 +309,8 @@ class GzipReader:
                 if not data:
                     return b""
             else:
-                data = self.decompressor.unconsumed_tail or self.raw.read(_CHUNK)
+                data = self.pending or self.decompressor.unconsumed_tail or self.raw.read(_CHUNK)
+                self.pending = b""
                 if not data:
                     raise EOFError("Compressed file ended before the end-of-stream marker was reached")
             chunk = self.decompressor.decompress(data, size)
@@ -369,18 +384,24 @@ def extract_tarball(path: Path, dest: Path, *, max_file_size: int, max_total_siz
     Raise ApiError 400 for a tarball that is not valid or not safe, and 413
     when a limit is exceeded. On any error dest is removed again.
     """
-    with open(path, "rb") as f:
-        if f.read(2) != b"\x1f\x8b":
-            raise invalid("The upload is not a gzip-compressed tar archive (.tar.gz)")
+    with open(path, "rb") as raw:
+        return extract_tarball_stream(raw, dest, max_file_size=max_file_size, max_total_size=max_total_size,
+                                      max_members=max_members)
 
+
+def extract_tarball_stream(raw, dest: Path, *, max_file_size: int, max_total_size: int,
+                           max_members: int) -> list[str]:
+    """Unpack a gzipped tarball read from raw, anything with read(size), as extract_tarball does.
+
+    raw is read to its end, unless an error stops the reading early.
+    """
     prepare_dest(dest)
     try:
-        with open(path, "rb") as raw:
-            stream = GzipReader(raw)
-            with tarfile.open(fileobj=stream, mode="r|", bufsize=_CHUNK) as tar:
-                entries = unpack_members(tar, dest, max_file_size=max_file_size, max_total_size=max_total_size,
-                                         max_members=max_members)
-            drain(stream)
+        stream = GzipReader(raw)
+        with tarfile.open(fileobj=stream, mode="r|", bufsize=_CHUNK) as tar:
+            entries = unpack_members(tar, dest, max_file_size=max_file_size, max_total_size=max_total_size,
+                                     max_members=max_members)
+        drain(stream)
         top = wrapping_folder(entries)
         entries = strip_top_folder(entries)
         check_plan(entries, max_file_size=max_file_size, max_total_size=max_total_size, what="Tarball")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import socket
 import uuid
 
@@ -232,3 +234,58 @@ def test_body_too_big_for_disk_is_503_before_reading(web, spool):
     assert b'"error": "Insufficient disk space"' in answer
     assert b"5000000 bytes do not fit" in answer
     assert submit(web.url, GOOD).status_code == 200
+
+
+# The tarball is unpacked while it arrives
+
+
+def multipart_body(boundary: str, parts: list[tuple[str, bytes, str | None]]) -> bytes:
+    """Return a multipart/form-data body of (name, content, file name or None) parts, in this order."""
+    body = b""
+    for name, content, filename in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        body += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + content + b"\r\n"
+    return body + f"--{boundary}--\r\n".encode()
+
+
+def test_large_tarball_unpacked_and_hashed(web, spool):
+    payload = os.urandom(3 * 1024 * 1024 + 7)
+    tarball = make_tarball({"PKGBUILD": PKGBUILD_TEXT, "payload.bin": payload})
+    build_id = str(uuid.uuid4())
+    answer = submit(web.url, tarball, build_id=build_id)
+    assert answer.status_code == 200
+    assert (spool.job_dir(build_id) / "src" / "payload.bin").read_bytes() == payload
+    assert spool.read_request(build_id)["sha256"] == hashlib.sha256(tarball).hexdigest()
+    assert_nothing_staged(spool)
+
+
+def test_build_id_after_tarball_part(web, spool):
+    build_id = str(uuid.uuid4())
+    body = multipart_body("zz", [("build_tarball", GOOD, "build.tar.gz"), ("build_id", build_id.encode(), None)])
+    answer = requests.post(f"{web.url}/build", data=body, timeout=60,
+                           headers={"Content-Type": "multipart/form-data; boundary=zz"})
+    assert answer.status_code == 200
+    assert answer.json()["build_id"] == build_id
+    assert (spool.job_dir(build_id) / "src" / "notes.txt").read_text() == "hello\n"
+    assert_nothing_staged(spool)
+
+
+def test_bad_tarball_under_existing_id_is_409(web, spool):
+    build_id = str(uuid.uuid4())
+    assert submit(web.url, GOOD, build_id=build_id).status_code == 200
+    for bad in (b"not a tarball", make_tarball({"PKGBUILD": PKGBUILD_TEXT, "../escape": "x"})):
+        answer = submit(web.url, bad, build_id=build_id)
+        assert answer.status_code == 409, bad
+        assert answer.json()["error"] == "Build ID already exists"
+    assert_nothing_staged(spool)
+
+
+def test_bad_tarball_with_fields_after_it_is_400(web, spool):
+    body = multipart_body("zz", [("build_tarball", b"\x1f\x8b broken", "build.tar.gz"),
+                                 ("build_timeout", b"900", None)])
+    answer = requests.post(f"{web.url}/build", data=body, timeout=60,
+                           headers={"Content-Type": "multipart/form-data; boundary=zz"})
+    assert answer.status_code == 400
+    assert answer.json()["error"] == "Invalid tarball"
+    assert spool.job_ids() == []
+    assert_nothing_staged(spool)

@@ -1,8 +1,9 @@
 """POST /build: read a multipart upload straight to disk and queue the build.
 
-The multipart body is parsed here in chunks. Every file part is written to a
+The multipart body is parsed here in chunks. Every file part goes to a
 staging folder under SPOOL/tmp as it is read, so an upload is never held in
-memory. waitress itself keeps large bodies in an unlinked temporary file,
+memory: a tarball is unpacked while it arrives, other files are written as
+they are. waitress itself keeps large bodies in an unlinked temporary file,
 which apbd-web places in SPOOL/tmp too. Two forms are accepted:
 
 - the farm's: build_id, build_timeout, optional extra_repos (JSON), and the
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import shutil
 import uuid
@@ -29,7 +31,7 @@ import bottle
 from apbd import intake, limits
 from apbd import spool as spool_format
 from apbd.errors import ApiError
-from apbd.tarball import PKGBUILD, extract_tarball
+from apbd.tarball import PKGBUILD, extract_tarball_stream
 from apbd.web.timeouts import current_deadline
 
 log = logging.getLogger(__name__)
@@ -38,7 +40,8 @@ READ_CHUNK = 256 * 1024
 # Multipart part headers and text fields are small; anything bigger is not a form we know.
 MAX_PART_HEADER_BYTES = 16 * 1024
 MAX_FIELD_BYTES = 64 * 1024
-TARBALL_NAME = "upload.tar.gz"
+# The staging subfolder a tarball is unpacked into; it becomes src/ once the upload is accepted.
+UNPACKED_DIR = "unpacked"
 TEXT_FIELDS = ("build_id", "build_timeout", "extra_repos")
 _BOUNDARY_RE = re.compile(r'boundary="?([^";,]+)"?', re.IGNORECASE)
 _PARAM_RE = re.compile(r';\s*([a-zA-Z0-9_*-]+)="((?:[^"\\]|\\.)*)"|;\s*([a-zA-Z0-9_*-]+)=([^;\s]*)')
@@ -53,8 +56,11 @@ class Upload:
     """The content of a multipart upload: text fields in memory, file parts already on disk."""
 
     fields: dict[str, str] = field(default_factory=dict)
-    tarball: Path | None = None
+    tarball_seen: bool = False
     tarball_sha256: str | None = None
+    # Why the tarball could not be unpacked. It is raised only after a retry or
+    # conflict check, which needs build_id, a field that may follow the file.
+    tarball_error: ApiError | None = None
     pkgbuild_seen: bool = False
     sources: list[tuple[str, str]] = field(default_factory=list)  # (file name, sha256)
 
@@ -159,6 +165,64 @@ def write_part(chunks, path: Path, limit: int, label: str) -> str:
     return digest.hexdigest()
 
 
+class PartReader:
+    """A part's chunk iterator as a file-like object with read(size), hashing and counting what passes.
+
+    Raises ApiError 413 as soon as more than limit bytes arrived. failed is
+    True once reading the part itself raised (413, or a multipart body that
+    ended early), as opposed to an error about what the part contains.
+    """
+
+    def __init__(self, chunks, limit: int, label: str):
+        self.chunks = chunks
+        self.limit = limit
+        self.label = label
+        self.digest = hashlib.sha256()
+        self.size = 0
+        self.leftover = b""
+        self.failed = False
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.leftover or self.next_chunk()
+        self.leftover = b""
+        if size is not None and 0 <= size < len(data):
+            data, self.leftover = data[:size], data[size:]
+        return data
+
+    def next_chunk(self) -> bytes:
+        try:
+            data = next(self.chunks, b"")
+        except ApiError:
+            self.failed = True
+            raise
+        self.size += len(data)
+        if self.size > self.limit:
+            self.failed = True
+            raise ApiError(413, "File too large", f"{self.label} exceeds {self.limit} bytes")
+        self.digest.update(data)
+        return data
+
+    def drain(self) -> None:
+        """Read the rest of the part, so that its digest covers all of it."""
+        while self.read(READ_CHUNK):
+            pass
+
+
+def unpack_part(chunks, dest: Path, *, max_file_size: int, upload: Upload) -> None:
+    """Unpack a build_tarball part into dest while hashing it; keep a 400 in upload.tarball_error."""
+    reader = PartReader(chunks, max_file_size, "Tarball")
+    try:
+        extract_tarball_stream(reader, dest, max_file_size=max_file_size,
+                               max_total_size=limits.MAX_EXTRACTED_SIZE_DEFAULT,
+                               max_members=limits.MAX_TAR_MEMBERS_DEFAULT)
+    except ApiError as e:
+        if reader.failed or e.status != 400:
+            raise
+        upload.tarball_error = e
+    reader.drain()
+    upload.tarball_sha256 = reader.digest.hexdigest()
+
+
 def read_field(chunks, name: str) -> str:
     data = b""
     for chunk in chunks:
@@ -196,10 +260,10 @@ def receive_upload(environ: dict, staging: Path, max_file_size: int) -> Upload:
         filename = params.get("filename")
 
         if name == "build_tarball":
-            if upload.tarball is not None:
+            if upload.tarball_seen:
                 raise bad_request("The upload contains more than one build_tarball part")
-            upload.tarball = staging / TARBALL_NAME
-            upload.tarball_sha256 = write_part(chunks, upload.tarball, max_file_size, "Tarball")
+            upload.tarball_seen = True
+            unpack_part(chunks, staging / UNPACKED_DIR, max_file_size=max_file_size, upload=upload)
         elif name == "pkgbuild":
             if filename is not None and filename.replace("\\", "/").rsplit("/", 1)[-1] != PKGBUILD:
                 raise bad_request(f"The pkgbuild file must be named 'PKGBUILD', not {filename!r}")
@@ -289,7 +353,7 @@ def submit_build(ctx) -> dict:
         build_timeout = parse_build_timeout(upload.fields.get("build_timeout"))
         extra_repos = parse_extra_repos(upload.fields.get("extra_repos"))
 
-        if upload.tarball is not None:
+        if upload.tarball_seen:
             if upload.pkgbuild_seen:
                 raise bad_request("Send either build_tarball or pkgbuild, not both")
             source, sha256 = "tarball", upload.tarball_sha256
@@ -298,20 +362,19 @@ def submit_build(ctx) -> dict:
         else:
             raise bad_request("The upload contains neither a build_tarball nor a pkgbuild file part")
 
-        # A farm retry gets its response before the tarball is unpacked again.
+        # A farm retry gets the existing build, and a different upload under its id a 409,
+        # even when the tarball could not be unpacked.
         retry = intake.existing_build(ctx.spool, build_id, sha256)
         if retry is not None:
             log.info("build %s: the same upload arrived again; returning the existing build", build_id)
             return {"build_id": build_id, "status": retry.get("status", spool_format.QUEUED),
                     "message": "Build already submitted with the same content; it is built once"}
 
-        if upload.tarball is not None:
-            current_deadline().check()
+        if upload.tarball_seen:
+            if upload.tarball_error is not None:
+                raise upload.tarball_error
             shutil.rmtree(staging / spool_format.SOURCES_DIR)
-            extract_tarball(upload.tarball, staging / spool_format.SOURCES_DIR,
-                            max_file_size=args.max_file_size, max_total_size=limits.MAX_EXTRACTED_SIZE_DEFAULT,
-                            max_members=limits.MAX_TAR_MEMBERS_DEFAULT)
-            upload.tarball.unlink()
+            os.rename(staging / UNPACKED_DIR, staging / spool_format.SOURCES_DIR)
         current_deadline().check()
         if build_timeout is None:
             build_timeout = getattr(args, "build_timeout", None)
