@@ -29,8 +29,11 @@ INBUF_OVERFLOW_BYTES = 512 * 1024
 OUTBUF_HIGH_WATERMARK_BYTES = 1024 * 1024
 # Bytes waitress reads from a socket per call. Its default of 8 KiB makes a
 # large upload cost many event-loop rounds: a bare waitress route stored a
-# 300 MB body in 0.33 s with 256 KiB against 0.82 s with 8 KiB.
-RECV_BYTES = 256 * 1024
+# 300 MB body in 0.33 s with 256 KiB against 0.82 s with 8 KiB. With 4 MiB,
+# apbd took a 1 GB upload at 396-471 MB/s against 345-351 MB/s with 256 KiB
+# (bench upload on a 2-core VM), and the status-api and SSE figures did not
+# change. socket.recv() shrinks its buffer to the bytes that arrived.
+RECV_BYTES = 4 * 1024 * 1024
 # Seconds between waitress's checks for idle connections and late uploads.
 MAINTENANCE_INTERVAL_S = 1.0
 # File descriptors kept free for spool files, logs and makepkg pipes when the
