@@ -15,7 +15,7 @@ poll stats only what can still change in the build's state:
 
 - status.json, always. Every writer replaces it by an atomic rename and gives
   each new version a later mtime than the one it replaces
-  (apbd.spool.next_mtime_ns), so no two versions share a key, even when the
+  (apbd.spool.next_mtime_ns). So no two versions share a key, even when the
   filesystem reuses an inode number within one tick of the kernel's clock.
 - build.log, while the build is queued or building. A runner notes a cancel
   in build.log before it writes the cancelled status, and the build appends
