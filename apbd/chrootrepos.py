@@ -17,7 +17,7 @@ points GPGDir at that keyring, bound at KEYRING_MOUNT. The key itself comes from
 GnuPG home (apbd.gpgkeys): shipped in keys/pgp/ or fetched from a keyserver.
 
 A file:// repository is a folder on the host; it is bound read-only at the
-same path, since the chroot sees none of the host's folders otherwise.
+same path, because otherwise no host folder is visible in the chroot.
 """
 
 from __future__ import annotations
